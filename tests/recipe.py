@@ -1,0 +1,69 @@
+"""The deterministic weights and inputs of tests/fixtures/README.md (the released code's numbers on
+them are in tests/fixtures/hyperiqa_reference.json)."""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFSETS = {"fc5b_offset_50": 50.0, "fc5b_offset_40": 40.0}
+
+
+def reference() -> dict:
+    return json.loads((FIXTURES / "hyperiqa_reference.json").read_text())
+
+
+def released_state_dict_layout() -> list[tuple[str, tuple[int, ...], str]]:
+    """(key, shape, dtype) of every entry of the released state_dict, in order."""
+    rows = (FIXTURES / "hyperiqa_state_dict.tsv").read_text().strip().splitlines()[1:]
+    layout = []
+    for row in rows:
+        key, shape, dtype = row.split("\t")
+        dims = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
+        layout.append((key, dims, dtype))
+    return layout
+
+
+def recipe_state_dict(template: dict[str, torch.Tensor], offset: float) -> dict[str, torch.Tensor]:
+    """Recipe weights for every entry of `template` (a state_dict), fc5b_fc.bias offset by `offset`."""
+    out = {}
+    for key, tensor in template.items():
+        z = np.random.RandomState(zlib.crc32(key.encode())).standard_normal(tensor.numel()).reshape(tensor.shape)
+        is_bn = key.rsplit(".", 1)[0] + ".running_mean" in template
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            value = np.zeros(tensor.shape)
+        elif leaf == "running_var":
+            value = 1 + 0.1 * np.abs(z)
+        elif leaf == "running_mean":
+            value = 0.1 * z
+        elif is_bn and leaf == "weight":
+            value = 0.5 + 0.05 * z
+        elif is_bn and leaf == "bias":
+            value = 0.05 * z
+        elif key == "fc5b_fc.bias":
+            value = offset + z
+        elif leaf == "weight":
+            fan_in = int(np.prod(tensor.shape[1:]))
+            gain = 25.0 if key.startswith("fc") else 1.0
+            value = gain * z * np.sqrt(1.0 / fan_in)
+        else:
+            value = 0.01 * z
+        out[key] = torch.from_numpy(np.asarray(value)).to(tensor.dtype)
+    return out
+
+
+def recipe_pixels() -> torch.Tensor:
+    """The three recipe images in [0, 1], (3, 3, 224, 224) float32, before normalization."""
+    rs = np.random.RandomState(2024)
+    noise = rs.standard_normal((3, 3, 224, 224))
+    yy, xx = np.mgrid[0:224, 0:224]
+    ramp = 0.2 + 0.6 * (xx + yy) / 446 + 0.02 * noise[0]
+    grey = 0.5 + 0.25 * noise[1]
+    checker = np.where(((xx // 16) + (yy // 16)) % 2 == 0, 0.1, 0.9) + 0.05 * noise[2]
+    images = np.stack([ramp, grey, checker]).clip(0, 1).astype(np.float32)
+    return torch.from_numpy(images)
