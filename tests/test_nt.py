@@ -1,0 +1,91 @@
+"""The NT regularizer: shared clean forward vs the released three passes, finite difference vs exact."""
+import pytest
+import torch
+
+import models
+from HyperIQASolver import exact_penalty, finite_difference_penalty, nt_loss, released_three_pass_nt_loss
+from tests import recipe
+
+GRAD_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def recipe_model():
+    model = models.HyperIQA().eval()  # BatchNorm in eval mode: both formulations see the same function
+    model.load_state_dict(recipe.recipe_state_dict(model.state_dict(), 50.0))
+    return model
+
+
+def _weight_gradients(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_shared_forward_gives_the_weight_gradients_of_the_three_pass_release(recipe_model):
+    images = models.normalize(recipe.recipe_pixels()[:2])
+    mos = torch.tensor([30.0, 70.0])
+    ours = nt_loss(recipe_model, images, mos, weight=1e-3, h=0.01)
+    released = released_three_pass_nt_loss(recipe_model, images, mos, weight=1e-3, h=0.01)
+    assert ours.total.item() == pytest.approx(released.total.item(), rel=1e-6)
+    assert ours.penalty.item() > 0
+    g_ours = _weight_gradients(recipe_model, ours.total)
+    g_released = _weight_gradients(recipe_model, released.total)
+    assert ((g_ours - g_released).norm() / g_released.norm()).item() < GRAD_RTOL
+    # the penalty really contributes: without it the gradients differ far beyond the tolerance
+    g_plain = _weight_gradients(recipe_model, nt_loss(recipe_model, images, mos).l1)
+    assert ((g_plain - g_released).norm() / g_released.norm()).item() > 100 * GRAD_RTOL
+
+
+def test_finite_difference_approaches_the_exact_penalty_as_h_shrinks(recipe_model):
+    model = models.HyperIQA().eval().double()
+    model.load_state_dict(recipe_model.state_dict())
+    x = models.normalize(recipe.recipe_pixels()[:2].double()).requires_grad_(True)
+    scores = model(x)
+    exact = exact_penalty(x, scores).item()
+    errors = [abs(finite_difference_penalty(model, x, scores, h).item() - exact) / exact for h in (1e-1, 1e-2, 1e-3, 1e-4)]
+    assert errors == sorted(errors, reverse=True), errors
+    assert errors[-1] < 1e-2 < errors[0]
+
+
+class Linear(torch.nn.Module):
+    """f(x) = <w, x> per image: the input gradient is w, so ||g||_1 = ||w||_1 exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([[0.5, -2.0], [1.0, 0.0]]))
+
+    def forward(self, x):
+        return (x * self.w).flatten(1).sum(dim=1)
+
+
+@pytest.mark.parametrize("mode", ["finite_difference", "exact"])
+def test_penalty_for_any_score_model_and_its_gradient_flows_through_both_terms(mode):
+    model = Linear()
+    x = torch.randn(3, 2, 2)
+    mos = torch.zeros(3)
+    loss = nt_loss(model, x, mos, weight=1.0, h=0.5, mode=mode)
+    l1_norm = 3.5
+    assert loss.penalty.item() == pytest.approx(l1_norm ** 2 / 2, rel=1e-6)
+    model.zero_grad()
+    loss.penalty.backward()
+    # d/dw (||w||_1^2 / 2) = ||w||_1 sign(w); a gradient through f(x + h d) alone would differ
+    torch.testing.assert_close(model.w.grad, l1_norm * torch.sign(model.w.detach()))
+
+
+def test_total_is_l1_plus_weighted_penalty_and_scores_are_the_clean_ones():
+    model = Linear()
+    x = torch.randn(4, 2, 2)
+    mos = torch.randn(4)
+    loss = nt_loss(model, x, mos, weight=0.25, h=0.1)
+    clean = model(x).detach()
+    torch.testing.assert_close(loss.scores.detach(), clean)
+    assert loss.l1.item() == pytest.approx((clean - mos).abs().mean().item(), rel=1e-6)
+    assert loss.total.item() == pytest.approx(loss.l1.item() + 0.25 * loss.penalty.item(), rel=1e-6)
+
+
+def test_invalid_mode_and_step_are_rejected():
+    with pytest.raises(ValueError, match="finite_difference, exact"):
+        nt_loss(Linear(), torch.zeros(1, 2, 2), torch.zeros(1), mode="fd")
+    with pytest.raises(ValueError, match="h must be > 0"):
+        nt_loss(Linear(), torch.zeros(1, 2, 2), torch.zeros(1), h=0.0)
