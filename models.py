@@ -37,6 +37,7 @@ HYPERIQA_CONFIG = dict(lda_out_channels=16, hyper_in_channels=112, target_in_siz
                        target_fc4_size=14, feature_size=7)
 
 RESNET50_LAYERS = (3, 4, 6, 3)
+BACKBONE_STRIDE = 32  # input side / side of the last ResNet stage
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -226,13 +227,13 @@ class HyperNet(nn.Module):
                 self.fc3b_fc, self.fc4w_conv, self.fc4b_fc, self.fc5w_fc, self.fc5b_fc]
 
     def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        if img.dim() != 4 or img.shape[1] != 3:
-            raise ValueError(f"expected normalized images of shape (B, 3, H, W), got {tuple(img.shape)}")
+        side = self.feature_size * BACKBONE_STRIDE
+        if img.dim() != 4 or img.shape[1] != 3 or img.shape[-2:] != (side, side):
+            raise ValueError(f"HyperIQA needs normalized images of shape (B, 3, {side}, {side}) "
+                             f"({side}x{side} patches), got {tuple(img.shape)}")
         batch = img.shape[0]
         res_out = self.res(img)
         hyper_in_feat = self.conv1(res_out["hyper_in_feat"])  # (B, 112, 7, 7)
-        if hyper_in_feat.shape[-2:] != (self.feature_size, self.feature_size):
-            raise ValueError(f"HyperIQA needs {PATCH_SIZE}x{PATCH_SIZE} inputs, got {tuple(img.shape[-2:])}")
         pooled = self.pool(hyper_in_feat).flatten(1)  # (B, 112)
         return {
             "target_in_vec": res_out["target_in_vec"].view(batch, self.target_in_size, 1, 1),
