@@ -235,15 +235,17 @@ class HyperNet(nn.Module):
         res_out = self.res(img)
         hyper_in_feat = self.conv1(res_out["hyper_in_feat"])  # (B, 112, 7, 7)
         pooled = self.pool(hyper_in_feat).flatten(1)  # (B, 112)
+        # reshape, not view: under channels_last the conv outputs are not NCHW-contiguous; the values
+        # are read in NCHW order either way, as released.
         return {
             "target_in_vec": res_out["target_in_vec"].view(batch, self.target_in_size, 1, 1),
-            "target_fc1w": self.fc1w_conv(hyper_in_feat).view(batch, self.f1, self.target_in_size, 1, 1),
+            "target_fc1w": self.fc1w_conv(hyper_in_feat).reshape(batch, self.f1, self.target_in_size, 1, 1),
             "target_fc1b": self.fc1b_fc(pooled).view(batch, self.f1),
-            "target_fc2w": self.fc2w_conv(hyper_in_feat).view(batch, self.f2, self.f1, 1, 1),
+            "target_fc2w": self.fc2w_conv(hyper_in_feat).reshape(batch, self.f2, self.f1, 1, 1),
             "target_fc2b": self.fc2b_fc(pooled).view(batch, self.f2),
-            "target_fc3w": self.fc3w_conv(hyper_in_feat).view(batch, self.f3, self.f2, 1, 1),
+            "target_fc3w": self.fc3w_conv(hyper_in_feat).reshape(batch, self.f3, self.f2, 1, 1),
             "target_fc3b": self.fc3b_fc(pooled).view(batch, self.f3),
-            "target_fc4w": self.fc4w_conv(hyper_in_feat).view(batch, self.f4, self.f3, 1, 1),
+            "target_fc4w": self.fc4w_conv(hyper_in_feat).reshape(batch, self.f4, self.f3, 1, 1),
             "target_fc4b": self.fc4b_fc(pooled).view(batch, self.f4),
             "target_fc5w": self.fc5w_fc(pooled).view(batch, 1, self.f4, 1, 1),
             "target_fc5b": self.fc5b_fc(pooled).view(batch, 1),

@@ -1,0 +1,103 @@
+"""Attack HyperIQA or HyperIQA+NT with iterative FGSM on random patches of one image.
+
+    python FGSM_demo.py --img_name 123.bmp --attacked_model baseline
+    python FGSM_demo.py --img_name examples/chelsea.jpg --checkpoint checkpoints/my_model.pth --step 10
+
+Crops `--patch_num` seeded random 224x224 patches (a 224x224 image is its own single patch), attacks
+them (`--step` steps of `--alp`, within `--eps` of the clean pixels, in [0, 1] pixel units), saves the
+adversarial patches as PNG and prints the mean scores before and after the attack, as the released
+demo did. The attacked score is that of the saved 8-bit images; the unrounded one follows it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import attacks
+import cli
+import models
+from data_loader import DEFAULT_SEED, image_patches, seed_everything, tensor_to_image
+
+CHECKPOINT_DIR = "checkpoints"
+DEMO_CHECKPOINTS = {  # the released demos' models, trained on LIVEC with batch size 16
+    "NT": os.path.join(CHECKPOINT_DIR, models.checkpoint_name("livec", 16, True, 1e-3, 0.01)),
+    "baseline": os.path.join(CHECKPOINT_DIR, models.checkpoint_name("livec", 16, False)),
+}
+RELEASED_DEMO_MOS = {"123.bmp": 67.29775, "447.bmp": 25.33146}  # LIVEC MOS of the released demo images
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--img_name", default="123.bmp", help="path of the image to attack")
+    parser.add_argument("--attacked_model", choices=sorted(DEMO_CHECKPOINTS), default="NT",
+                        help="which released LIVEC model to attack: NT loads " + DEMO_CHECKPOINTS["NT"]
+                             + ", baseline loads " + DEMO_CHECKPOINTS["baseline"])
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint to attack instead of the one chosen by --attacked_model")
+    parser.add_argument("--eps", type=cli.positive_float, default=attacks.DEFAULT_EPS,
+                        help="l_inf bound of the perturbation, in [0, 1] pixel units (0.03 ~ 8/255)")
+    parser.add_argument("--alp", "--alpha", dest="alp", type=cli.positive_float, default=attacks.DEFAULT_ALPHA,
+                        help="step size of each I-FGSM step, in [0, 1] pixel units")
+    parser.add_argument("--step", "--steps", dest="step", type=cli.positive_int, default=attacks.DEFAULT_STEPS,
+                        help="number of I-FGSM steps")
+    parser.add_argument("--patch_num", type=cli.positive_int, default=25,
+                        help="number of random 224x224 patches to attack (1 for a 224x224 image)")
+    parser.add_argument("--mos", type=float, default=None,
+                        help="the image's MOS, printed for comparison (known for the released 123.bmp and 447.bmp)")
+    parser.add_argument("--score_middle", type=float, default=attacks.DEFAULT_SCORE_MIDDLE,
+                        help="a patch scored above this is pushed down, otherwise up (middle of the score range)")
+    parser.add_argument("--save_dir", default=None,
+                        help="where to save the adversarial patches "
+                             "(default adv_images_patches/IFGSM_{model}_{eps}_{step}_{patch_num})")
+    parser.add_argument("--upscale_small", action="store_true",
+                        help="upscale an image smaller than 224 on a side (bicubic, shorter side to 224) "
+                             "instead of stopping with an error")
+    parser.add_argument("--chunk_size", type=cli.positive_int, default=attacks.DEFAULT_CHUNK_SIZE,
+                        help="patches per forward/backward pass (memory vs speed; results do not change)")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=DEFAULT_SEED, help="seed of the patch positions")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    device = models.select_device(args.device)
+    seed_everything(args.seed)
+    patches = image_patches(args.img_name, args.patch_num, models.PATCH_SIZE,
+                            torch.Generator().manual_seed(args.seed), args.upscale_small)
+    checkpoint = args.checkpoint or DEMO_CHECKPOINTS[args.attacked_model]
+    model = models.load_hyperiqa(checkpoint, device)
+    label = Path(checkpoint).stem if args.checkpoint else args.attacked_model
+    save_dir = Path(args.save_dir or os.path.join(
+        "adv_images_patches", f"IFGSM_{label}_{args.eps}_{args.step}_{args.patch_num}"))
+
+    name = {"NT": "HyperIQA+NT", "baseline": "HyperIQA (baseline)"}.get(label, label)
+    print(f"Attacking {name} ({checkpoint}) on {device}: I-FGSM "
+          f"eps={args.eps} alpha={args.alp} steps={args.step}, {len(patches)} patches of {args.img_name}")
+    print(f"attacking {len(patches)} patches ...", file=sys.stderr, flush=True)
+    result = attacks.iterative_fgsm(model, patches.to(device), args.eps, args.alp, args.step,
+                                    args.score_middle, args.chunk_size)
+    saved = attacks.quantize_8bit(result.adversarial)
+    attacked = attacks.score_patches(model, saved, args.chunk_size)
+    attacked_unrounded = attacks.score_patches(model, result.adversarial, args.chunk_size)
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.img_name).stem
+    for index, patch in enumerate(saved):
+        tensor_to_image(patch).save(save_dir / f"{stem}_{index}.png")
+
+    mos = args.mos if args.mos is not None else RELEASED_DEMO_MOS.get(Path(args.img_name).name)
+    if mos is not None:
+        print(f"For {args.img_name}, MOS (without normalization):{mos}")
+    print(f"Predicted Score (Unattacked):{result.clean_scores.mean().item()}")
+    print(f"Predicted Score (Attacked):{attacked.mean().item()}")
+    print(f"Predicted Score (Attacked, before rounding to 8 bits):{attacked_unrounded.mean().item()}")
+    print(f"Adversarial samples are saved to: {save_dir}")
+
+
+if __name__ == "__main__":
+    cli.run_main(main, parse_args())

@@ -1,0 +1,223 @@
+"""Adversarial attacks on quality models, and the batched scoring and gradient norms of patches.
+
+Every function takes a score model that maps NORMALIZED images (B, 3, H, W) to scores (B,) (e.g.
+`models.HyperIQA`) and PIXEL images (B, 3, H, W) in [0, 1]; the ImageNet normalization
+(`models.normalize`) is applied inside. Inputs are never modified; the model is put in eval mode and
+its previous mode restored; gradients are taken with `torch.autograd.grad`, so no parameter `.grad`
+accumulates. Large batches are processed in chunks of `chunk_size` images (the result does not
+depend on it: in eval mode each image is scored on its own).
+
+Attacks (untargeted, l_inf, pixel space):
+- `iterative_fgsm`: the released FGSM demo's attack (Kurakin et al., "Adversarial examples in the
+  physical world", 2016): `steps` steps of `alpha * sign(grad)`, each followed by projection onto
+  the eps-ball around the clean image and clipping to [0, 1].
+- `fgsm`: one step of size eps (Goodfellow et al., "Explaining and Harnessing Adversarial
+  Examples", ICLR 2015).
+- `pgd`: iterative FGSM from a uniform random start in the eps-ball (Madry et al., "Towards Deep
+  Learning Models Resistant to Adversarial Attacks", ICLR 2018).
+
+Direction, per image: lower the score when the clean score is above the middle of the score range
+(50 by default), raise it otherwise, as released. The released demo judged the clean score of the
+un-normalized image; here it is the model's real score of the normalized image.
+
+Example:
+    model = models.load_hyperiqa("checkpoints/livec_bs16_grad[0]_weight[0.0].pth")
+    result = iterative_fgsm(model, patches, eps=0.03, alpha=0.01, steps=1)   # patches in [0, 1]
+    attacked = score_patches(model, quantize_8bit(result.adversarial))
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+from PIL import Image
+
+import models
+from data_loader import image_to_tensor, tensor_to_image
+
+ScoreModel = Callable[[torch.Tensor], torch.Tensor]  # normalized images (B, 3, H, W) -> scores (B,)
+
+DEFAULT_SCORE_MIDDLE = 50.0  # middle of LIVEC's 0-100 MOS range: the released direction threshold
+DEFAULT_EPS = 0.03  # l_inf radius in [0, 1] pixel units (about 8 / 255), the released default
+DEFAULT_ALPHA = 0.01  # step size in pixel units, the released default
+DEFAULT_STEPS = 1  # the released default: one step of 0.01
+# Images per forward/backward. On 2 CPU cores a chunk of 4 HyperIQA patches is as fast per patch as
+# larger ones and keeps the backward's memory near 1 GB; on a GPU larger chunks pay off.
+DEFAULT_CHUNK_SIZE = 4
+LOWER, RAISE = -1.0, 1.0
+
+
+class AttackResult(NamedTuple):
+    adversarial: torch.Tensor  # (B, 3, H, W) in [0, 1], detached, unrounded
+    clean_scores: torch.Tensor  # (B,) scores of the clean images that chose each direction
+
+
+@contextlib.contextmanager
+def _eval_mode(model: ScoreModel) -> Iterator[None]:
+    """Run the block with `model` (if it is an nn.Module) in eval mode, then restore its mode."""
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        yield
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
+
+
+def _chunks(pixels: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return list(pixels.split(chunk_size))
+
+
+def _check_pixels(pixels: torch.Tensor) -> None:
+    if pixels.dim() != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"expected pixel images of shape (B, 3, H, W), got {tuple(pixels.shape)}")
+
+
+def attack_direction(clean_scores: torch.Tensor, middle: float = DEFAULT_SCORE_MIDDLE) -> torch.Tensor:
+    """Per-image step direction (B,): -1 (lower the score) where the clean score is above `middle`,
+    +1 (raise it) otherwise."""
+    return torch.where(clean_scores > middle, LOWER, RAISE).to(clean_scores.dtype)
+
+
+def _projected_sign_steps(model: ScoreModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int,
+                          middle: float, start: torch.Tensor | None) -> AttackResult:
+    """The attack on one chunk (B, 3, H, W) in [0, 1]; `start`: None (the clean image) or a start point."""
+    clean = pixels.detach()
+    direction = None
+    if start is not None:
+        with torch.inference_mode():
+            clean_scores = model(models.normalize(clean))
+        clean_scores = clean_scores.clone()
+        direction = attack_direction(clean_scores, middle)
+    adversarial = clean.clone() if start is None else start.detach().clone()
+    for _ in range(steps):
+        adversarial.requires_grad_(True)
+        scores = model(models.normalize(adversarial))
+        if direction is None:  # first step from the clean image: its scores choose the directions
+            clean_scores = scores.detach().clone()
+            direction = attack_direction(clean_scores, middle)
+        (grad,) = torch.autograd.grad((scores * direction).sum(), adversarial)
+        with torch.no_grad():
+            adversarial = adversarial + alpha * grad.sign()
+            adversarial = torch.min(torch.max(adversarial, clean - eps), clean + eps).clamp_(0.0, 1.0)
+    return AttackResult(adversarial.detach(), clean_scores)
+
+
+def _attack(model: ScoreModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int, middle: float,
+            chunk_size: int, start: torch.Tensor | None = None) -> AttackResult:
+    _check_pixels(pixels)
+    if not eps > 0 or not alpha > 0:
+        raise ValueError(f"eps and alpha must be > 0, got eps={eps}, alpha={alpha}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    starts = [None] * len(_chunks(pixels, chunk_size)) if start is None else _chunks(start, chunk_size)
+    with _eval_mode(model):
+        results = [_projected_sign_steps(model, chunk, eps, alpha, steps, middle, chunk_start)
+                   for chunk, chunk_start in zip(_chunks(pixels, chunk_size), starts)]
+    return AttackResult(torch.cat([r.adversarial for r in results]), torch.cat([r.clean_scores for r in results]))
+
+
+def iterative_fgsm(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float = DEFAULT_ALPHA,
+                   steps: int = DEFAULT_STEPS, middle: float = DEFAULT_SCORE_MIDDLE,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> AttackResult:
+    """Iterative FGSM, the released demo's attack, on pixel images (B, 3, H, W) in [0, 1].
+
+    eps: l_inf radius (pixel units); alpha: step size (pixel units); steps: number of steps;
+    middle: the score above which an image's score is pushed down (else up). Returns the adversarial
+    images (unrounded) and the clean scores.
+    """
+    return _attack(model, pixels, eps, alpha, steps, middle, chunk_size)
+
+
+def fgsm(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, middle: float = DEFAULT_SCORE_MIDDLE,
+         chunk_size: int = DEFAULT_CHUNK_SIZE) -> AttackResult:
+    """FGSM: one step of size `eps` (pixel units) along the gradient sign, clipped to [0, 1]."""
+    return _attack(model, pixels, eps, eps, 1, middle, chunk_size)
+
+
+def pgd(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float = DEFAULT_ALPHA,
+        steps: int = 10, middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE) -> AttackResult:
+    """PGD: iterative FGSM from a start drawn uniformly in the eps-ball (clipped to [0, 1]).
+
+    The start is drawn for the whole batch from `generator` (on the CPU), so the result does not
+    depend on `chunk_size`. Directions come from the clean images' scores.
+    """
+    _check_pixels(pixels)
+    noise = torch.rand(pixels.shape, generator=generator, dtype=pixels.dtype).to(pixels.device)
+    start = (pixels.detach() + (2 * noise - 1) * eps).clamp(0.0, 1.0)
+    return _attack(model, pixels, eps, alpha, steps, middle, chunk_size, start)
+
+
+ATTACKS = ("fgsm", "ifgsm", "pgd")
+
+
+def run_attack(name: str, model: ScoreModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int,
+               middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | None = None,
+               chunk_size: int = DEFAULT_CHUNK_SIZE) -> AttackResult:
+    """Run attack `name` (one of ATTACKS); fgsm ignores alpha and steps, ifgsm ignores generator."""
+    if name == "fgsm":
+        return fgsm(model, pixels, eps, middle, chunk_size)
+    if name == "ifgsm":
+        return iterative_fgsm(model, pixels, eps, alpha, steps, middle, chunk_size)
+    if name == "pgd":
+        return pgd(model, pixels, eps, alpha, steps, middle, generator, chunk_size)
+    raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores and gradient norms of patches
+
+
+def score_patches(model: ScoreModel, pixels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """Scores (B,) of pixel images (B, 3, H, W) in [0, 1], without gradients."""
+    _check_pixels(pixels)
+    with _eval_mode(model), torch.inference_mode():
+        scores = torch.cat([model(models.normalize(chunk)) for chunk in _chunks(pixels, chunk_size)])
+    return scores.clone()  # a normal tensor again, usable outside inference mode
+
+
+def scores_and_gradient_norms(model: ScoreModel, pixels: torch.Tensor,
+                              chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (B,) and the l1 norms (B,) of d score / d input, with the input in NORMALIZED space
+    (the quantity the released quality-and-norm demo prints), of pixel images (B, 3, H, W) in [0, 1]."""
+    _check_pixels(pixels)
+    scores, norms = [], []
+    with _eval_mode(model):
+        for chunk in _chunks(pixels, chunk_size):
+            normalized = models.normalize(chunk.detach()).requires_grad_(True)
+            chunk_scores = model(normalized)
+            (grad,) = torch.autograd.grad(chunk_scores.sum(), normalized)  # each score sees only its image
+            scores.append(chunk_scores.detach())
+            norms.append(grad.abs().flatten(1).sum(dim=1))
+    return torch.cat(scores), torch.cat(norms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial images as they are saved or re-compressed
+
+
+def quantize_8bit(pixels: torch.Tensor) -> torch.Tensor:
+    """Round pixel images in [0, 1] to the nearest of the 256 levels an 8-bit file stores (same shape)."""
+    return torch.round(pixels.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+def jpeg_recompress(pixels: torch.Tensor, quality: int) -> torch.Tensor:
+    """Each pixel image (B, 3, H, W) in [0, 1] encoded as a JPEG of `quality` (1-95) and decoded again:
+    the JPEG defense of the NT authors' follow-up work. Returns (B, 3, H, W) in [0, 1]."""
+    if not 1 <= quality <= 95:
+        raise ValueError(f"JPEG quality must be between 1 and 95, got {quality}")
+    _check_pixels(pixels)
+    decoded = []
+    for image in pixels.detach().cpu():
+        buffer = io.BytesIO()
+        tensor_to_image(image).save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as jpeg:
+            decoded.append(image_to_tensor(jpeg.convert("RGB")))
+    return torch.stack(decoded).to(pixels.device)

@@ -1,0 +1,237 @@
+"""Robustness of quality models over a test set: clean vs attacked predictions, per checkpoint and attack.
+
+    python evaluate_robustness.py --dataset livec --dataset_path /PATH/ChallengeDB_release \\
+        --split_file CLIVE_traintest_index.pkl --checkpoint checkpoints/a.pth checkpoints/b.pth \\
+        --attack fgsm ifgsm --eps 0.01 0.03
+    python evaluate_robustness.py --dataset folder --dataset_path my_images/ --checkpoint a.pth --patch_num 5
+
+For every image: `--patch_num` seeded random 224x224 patches (the test patches the training script
+would draw at epoch 0, with the released test transform), the clean scores and the l1 gradient norm
+(normalized input space) of each checkpoint, then every attack at every eps. An image's score is the
+mean over its patches; attacked images are scored as saved (rounded to 8 bits), and with
+`--jpeg_quality Q` after JPEG re-compression. Printed and saved (`--out_dir`/robustness.csv and .json,
+the JSON with the per-image scores), one row per checkpoint x attack x eps:
+
+- clean_srocc, clean_plcc / attacked_srocc, attacked_plcc: clean / attacked predictions vs MOS;
+- srocc, plcc, krocc, rmse, mae, R: attacked vs clean predictions (R: metrics.robustness_r over the
+  score range of the data set; higher is more robust);
+- grad_norm: mean l1 norm of d score / d normalized input over all patches (lower: smoother model).
+
+With `--jpeg_quality`, the defense sees every input: clean patches are re-compressed too and the clean
+columns are their scores, so R measures the attack, not the compression.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+import attacks
+import cli
+import folders
+import metrics
+import models
+from data_loader import DEFAULT_SEED, ImagePatches, seed_everything, seeded_generator, split_samples
+
+FOLDER = "folder"  # --dataset value for a plain folder of images without MOS
+ATTACK_STREAM = 100  # random stream of PGD starts, apart from data_loader's split/patch streams
+COLUMNS = ("model", "attack", "eps", "alpha", "steps", "jpeg_quality", "images", "clean_srocc", "clean_plcc",
+           "attacked_srocc", "attacked_plcc", "srocc", "plcc", "krocc", "rmse", "mae", "R", "grad_norm")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="PATH",
+                        help="one or more HyperIQA checkpoints to evaluate (any released form)")
+    parser.add_argument("--dataset", default="livec", choices=folders.DATASETS + (FOLDER,),
+                        help=f"data set layout of --dataset_path; '{FOLDER}': every image of a folder, no MOS")
+    parser.add_argument("--dataset_path", required=True,
+                        help="root of the data set, a CSV file for 'csv', or a folder of images for 'folder'")
+    parser.add_argument("--split", choices=("test", "train", "all"), default="test",
+                        help="which images of the data set to use (the split of the training script, same "
+                             f"seed and round); '{FOLDER}' always uses all")
+    parser.add_argument("--split_file", default=None,
+                        help="fixed split (e.g. the paper's LIVEC split), as for the training script")
+    parser.add_argument("--round", dest="round_index", type=cli.nonnegative_int, default=0,
+                        help="training round whose split to use (0 for the first)")
+    parser.add_argument("--attack", nargs="+", choices=attacks.ATTACKS, default=["ifgsm"],
+                        help="attacks: fgsm (one step of eps), ifgsm (--step steps of --alp, the demo's), "
+                             "pgd (ifgsm from a random start in the eps-ball)")
+    parser.add_argument("--eps", nargs="+", type=cli.positive_float, default=[attacks.DEFAULT_EPS],
+                        help="l_inf bounds, in [0, 1] pixel units")
+    parser.add_argument("--alp", "--alpha", dest="alp", type=cli.positive_float, default=attacks.DEFAULT_ALPHA,
+                        help="step size of ifgsm and pgd, in [0, 1] pixel units")
+    parser.add_argument("--step", "--steps", dest="step", type=cli.positive_int, default=attacks.DEFAULT_STEPS,
+                        help="number of steps of ifgsm and pgd")
+    parser.add_argument("--patch_num", type=cli.positive_int, default=25,
+                        help="random 224x224 patches per image (25 as the released test)")
+    parser.add_argument("--score_range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
+                        help="bottom and top of the score scale, for R and the attack direction "
+                             "(default: the data set's, 0 100 for LIVEC and for a folder)")
+    parser.add_argument("--score_middle", type=float, default=None,
+                        help="scores above this are attacked downwards, others upwards (default: middle of the range)")
+    parser.add_argument("--jpeg_quality", type=cli.positive_int, default=None,
+                        help="JPEG-recompress every image at this quality (1-95) before scoring (a defense)")
+    parser.add_argument("--limit", type=cli.positive_int, default=None, help="use only the first N images")
+    parser.add_argument("--out_dir", default=os.path.join("results", "robustness"),
+                        help="folder for robustness.csv and robustness.json (overwritten)")
+    parser.add_argument("--chunk_size", type=cli.positive_int, default=attacks.DEFAULT_CHUNK_SIZE,
+                        help="patches per forward/backward pass (memory vs speed; results do not change)")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=DEFAULT_SEED,
+                        help="seed of the split, the patches and the PGD starts")
+    args = parser.parse_args(argv)
+    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 95:
+        parser.error(f"argument --jpeg_quality: must be between 1 and 95, got {args.jpeg_quality}")
+    if args.score_range is not None and not args.score_range[0] < args.score_range[1]:
+        parser.error(f"argument --score_range: needs LOW < HIGH, got {args.score_range[0]} {args.score_range[1]}")
+    return args
+
+
+def folder_samples(folder: str) -> list[folders.Sample]:
+    """Every image file (by extension Pillow knows) directly in `folder`, sorted, with MOS NaN."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    extensions = set(Image.registered_extensions())
+    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and os.path.splitext(n)[1].lower() in extensions)
+    if not names:
+        raise ValueError(f"no image files in {folder}")
+    return [folders.Sample(os.path.join(folder, n), math.nan, n) for n in names]
+
+
+def evaluation_samples(args: argparse.Namespace) -> list[folders.Sample]:
+    if args.dataset == FOLDER:
+        samples = folder_samples(args.dataset_path)
+    else:
+        samples = folders.list_samples(args.dataset, args.dataset_path, args.seed)
+        if args.split != "all":
+            train, test = split_samples(samples, args.dataset, args.seed, args.round_index, split_file=args.split_file)
+            samples = test if args.split == "test" else train
+    return samples[:args.limit]
+
+
+def _metric_or_nan(metric: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray) -> float:
+    """metric(a, b), or NaN when it is undefined: fewer than 2 images, or no MOS."""
+    if len(a) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.nan
+    return metric(a, b)
+
+
+def table_row(mos: np.ndarray, clean: np.ndarray, attacked: np.ndarray, grad_norm: float,
+              score_range: tuple[float, float], **setting) -> dict:
+    """One row of the table (see COLUMNS) from per-image MOS, clean and attacked predictions (N,)."""
+    row = dict(setting, images=len(clean),
+               clean_srocc=_metric_or_nan(metrics.srocc, clean, mos), clean_plcc=_metric_or_nan(metrics.plcc, clean, mos),
+               attacked_srocc=_metric_or_nan(metrics.srocc, attacked, mos),
+               attacked_plcc=_metric_or_nan(metrics.plcc, attacked, mos))
+    for name in ("srocc", "plcc", "krocc"):
+        row[name] = _metric_or_nan(metrics.AGREEMENT_METRICS[name], clean, attacked)
+    row["rmse"], row["mae"] = metrics.rmse(clean, attacked), metrics.mae(clean, attacked)
+    row["R"] = metrics.robustness_r(clean, attacked, *score_range)
+    row["grad_norm"] = grad_norm
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:.4f}"
+        return "-" if value is None else str(value)
+    cells = [list(COLUMNS)] + [[cell(row[c]) for c in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(text.rjust(width) for text, width in zip(line, widths)) for line in cells)
+
+
+def main(args: argparse.Namespace) -> None:
+    device = models.select_device(args.device)
+    seed_everything(args.seed)
+    samples = evaluation_samples(args)
+    low, high = args.score_range or folders.SCORE_RANGES.get(args.dataset, (0.0, 100.0))
+    middle = (low + high) / 2 if args.score_middle is None else args.score_middle
+    names = [str(path) if [Path(p).stem for p in args.checkpoint].count(Path(path).stem) > 1 else Path(path).stem
+             for path in args.checkpoint]
+    nets = [models.load_hyperiqa(path, device) for path in args.checkpoint]  # fail early on a bad checkpoint
+    settings = [(attack, eps) for attack in args.attack for eps in args.eps]
+    patch_source = ImagePatches(samples, args.dataset, args.patch_num, train=False, seed=args.seed)
+
+    def defended(pixels: torch.Tensor) -> torch.Tensor:  # what the model is shown: JPEG-recompressed or not
+        return attacks.jpeg_recompress(pixels, args.jpeg_quality) if args.jpeg_quality else pixels
+
+
+    clean = np.zeros((len(nets), len(samples)))
+    norms = np.zeros((len(nets), len(samples)))
+    attacked = np.zeros((len(nets), len(settings), len(samples)))
+    print(f"Evaluating {len(nets)} checkpoint(s) on {len(samples)} images x {args.patch_num} patches, "
+          f"{len(settings)} attack setting(s), on {device}", file=sys.stderr, flush=True)
+    started, report_every = time.monotonic(), max(1, len(samples) // 20)
+    for index in range(len(samples)):
+        pixels = patch_source.patches(index, epoch=0).to(device).float().div_(255.0)
+        for k, net in enumerate(nets):
+            scores, grad_norms = attacks.scores_and_gradient_norms(net, pixels, args.chunk_size)
+            if args.jpeg_quality:
+                scores = attacks.score_patches(net, defended(pixels), args.chunk_size)
+            clean[k, index], norms[k, index] = scores.mean().item(), grad_norms.mean().item()
+            for a, (attack, eps) in enumerate(settings):
+                result = attacks.run_attack(attack, net, pixels, eps, args.alp, args.step, middle,
+                                            seeded_generator(args.seed, ATTACK_STREAM, index), args.chunk_size)
+                adversarial = defended(attacks.quantize_8bit(result.adversarial))
+                attacked[k, a, index] = attacks.score_patches(net, adversarial, args.chunk_size).mean().item()
+        if (index + 1) % report_every == 0 or index + 1 == len(samples):
+            elapsed = time.monotonic() - started
+            left = elapsed / (index + 1) * (len(samples) - index - 1)
+            print(f"[{index + 1}/{len(samples)}] {elapsed:.0f} s elapsed, about {left:.0f} s left",
+                  file=sys.stderr, flush=True)
+
+    mos = np.array([sample.mos for sample in samples], dtype=np.float64)
+    rows = []
+    for k, name in enumerate(names):
+        for a, (attack, eps) in enumerate(settings):
+            steps = 1 if attack == "fgsm" else args.step
+            alpha = eps if attack == "fgsm" else args.alp
+            rows.append(table_row(mos, clean[k], attacked[k, a], float(norms[k].mean()), (low, high), model=name,
+                                  attack=attack, eps=eps, alpha=alpha, steps=steps, jpeg_quality=args.jpeg_quality))
+    print(format_table(rows))
+    save_results(Path(args.out_dir), args, rows, samples, names, settings, clean, norms, attacked, (low, high), middle)
+
+
+def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], samples: list[folders.Sample],
+                 names: list[str], settings: list[tuple[str, float]], clean: np.ndarray, norms: np.ndarray,
+                 attacked: np.ndarray, score_range: tuple[float, float], middle: float) -> None:
+    """robustness.csv (the table) and robustness.json (settings, table, per-image scores) in `out_dir`."""
+    def finite(value):  # JSON has no NaN
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "robustness.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({c: ("" if finite(row[c]) is None else row[c]) for c in COLUMNS} for row in rows)
+    report = {
+        "settings": {"dataset": args.dataset, "dataset_path": args.dataset_path, "split": args.split,
+                     "split_file": args.split_file, "round": args.round_index, "patch_num": args.patch_num,
+                     "seed": args.seed, "score_range": list(score_range), "score_middle": middle,
+                     "jpeg_quality": args.jpeg_quality, "checkpoints": dict(zip(names, args.checkpoint))},
+        "table": [{c: finite(row[c]) for c in COLUMNS} for row in rows],
+        "images": [{"path": s.path, "mos": finite(float(s.mos))} for s in samples],
+        "scores": {name: {"clean": clean[k].tolist(), "grad_norm": norms[k].tolist(),
+                          "attacked": {f"{attack} eps={eps}": attacked[k, a].tolist()
+                                       for a, (attack, eps) in enumerate(settings)}}
+                   for k, name in enumerate(names)},
+    }
+    (out_dir / "robustness.json").write_text(json.dumps(report, indent=2))
+    print(f"Saved {out_dir / 'robustness.csv'} and {out_dir / 'robustness.json'}")
+
+
+if __name__ == "__main__":
+    cli.run_main(main, parse_args())

@@ -1,0 +1,99 @@
+"""Agreement between two lists of quality scores, and the R robustness score.
+
+Correlations (SROCC, PLCC, KROCC) and errors (RMSE, MAE) compare predictions with MOS, or clean
+predictions `s` with attacked predictions `s'` over a test set. PLCC is computed on the raw scores,
+without the logistic mapping some IQA papers fit first, as the released HyperIQA code does.
+
+R (Zhang et al., "Perceptual Attacks of No-Reference Image Quality Models with Human-in-the-Loop",
+NeurIPS 2022), used by the NT paper: for each image, how far the score could have moved (to the far
+end of the score range) against how far the attack moved it, on a log10 scale, averaged:
+
+    R = mean(log10(max(high - s, s - low) / |s' - s|))
+
+Higher R is more robust; R = 1 means the attack moved the scores by a tenth of the room they had.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+ArrayLike = Sequence[float] | np.ndarray
+
+# |s' - s| below this many score units counts as this much, so an image whose score did not move
+# gives a large finite term (log10(100 / 1e-3) = 5 on a 0-100 range) instead of an infinite one.
+MIN_SCORE_CHANGE = 1e-3
+
+
+def _paired(a: ArrayLike, b: ArrayLike, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"score lists differ in length: {a.size} and {b.size}")
+    if a.size < minimum:
+        raise ValueError(f"need at least {minimum} paired scores, got {a.size}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("scores contain NaN or infinity")
+    return a, b
+
+
+def _correlation(function, a: ArrayLike, b: ArrayLike) -> float:
+    """`function(a, b)[0]`; NaN when a list is constant (the correlation is undefined)."""
+    a, b = _paired(a, b, minimum=2)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(function(a, b)[0])
+
+
+def srocc(a: ArrayLike, b: ArrayLike) -> float:
+    """Spearman rank-order correlation of two score lists of equal length (>= 2); NaN if one is constant."""
+    return _correlation(stats.spearmanr, a, b)
+
+
+def plcc(a: ArrayLike, b: ArrayLike) -> float:
+    """Pearson linear correlation of two score lists (no logistic mapping); NaN if one is constant."""
+    return _correlation(stats.pearsonr, a, b)
+
+
+def krocc(a: ArrayLike, b: ArrayLike) -> float:
+    """Kendall rank-order correlation (tau-b) of two score lists; NaN if one is constant."""
+    return _correlation(stats.kendalltau, a, b)
+
+
+def rmse(a: ArrayLike, b: ArrayLike) -> float:
+    """Root mean squared difference, in score units."""
+    a, b = _paired(a, b)
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def mae(a: ArrayLike, b: ArrayLike) -> float:
+    """Mean absolute difference, in score units."""
+    a, b = _paired(a, b)
+    return float(np.mean(np.abs(a - b)))
+
+
+def robustness_r(clean: ArrayLike, attacked: ArrayLike, low: float, high: float,
+                 min_change: float = MIN_SCORE_CHANGE) -> float:
+    """R = mean(log10(max(high - s, s - low) / max(|s' - s|, min_change))) over images.
+
+    clean `s`, attacked `s'`: per-image scores; low, high: the bottom and top of the score range
+    (0 and 100 on LIVEC). A score change smaller than `min_change` score units (default
+    MIN_SCORE_CHANGE) is clipped up to it: an unmoved score adds log10(room / min_change) rather
+    than infinity, and no image is dropped.
+    """
+    if not high > low:
+        raise ValueError(f"the score range needs low < high, got low={low}, high={high}")
+    if not min_change > 0:
+        raise ValueError(f"min_change must be > 0, got {min_change}")
+    s, s_adv = _paired(clean, attacked)
+    room = np.maximum(high - s, s - low)
+    change = np.maximum(np.abs(s_adv - s), min_change)
+    return float(np.mean(np.log10(room / change)))
+
+
+# Name -> function of the metrics reported between two score lists, in table order.
+AGREEMENT_METRICS = {"srocc": srocc, "plcc": plcc, "krocc": krocc, "rmse": rmse, "mae": mae}

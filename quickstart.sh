@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Quick start: the whole method on a CPU, with nothing to download but the Python packages.
+#
+#   1. creates .venv (if missing) and installs requirements.txt into it;
+#   2. trains HyperIQA from scratch (--no_pretrained) on the synthetic data set built from examples/,
+#      once as the baseline and once with the NT gradient-norm regularizer (--if_grad);
+#   3. on an example photo, prints both models' gradient norm (quality_and_norm_demo.py) and
+#      attacks both with FGSM (FGSM_demo.py);
+#   4. prints a summary: gradient norm and score change under attack, baseline vs NT.
+#
+# Everything it writes goes to data/synthetic/ (the data set) and results/quickstart/ (checkpoints,
+# logs, crops, adversarial patches). Run from anywhere: bash quickstart.sh
+# Environment: PYTHON (interpreter that creates the venv, default python3), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+DATA=data/synthetic
+OUT=results/quickstart
+IMAGE=examples/coffee.jpg
+SEED=919
+
+# Training settings: small enough for two CPU cores (see the README's quick start section).
+EPOCHS=3
+TRAIN_PATCHES=2  # random 224x224 patches per training image and epoch
+TEST_PATCHES=2  # patches per test image, averaged into its predicted score
+BATCH_SIZE=8
+NT_WEIGHT=0.001  # the paper's default weight of the gradient-norm penalty
+NT_H=0.01  # the paper's finite-difference step
+DEMO_PATCHES=4  # patches of the example photo for both demos
+EPS=0.03  # FGSM l_inf bound, [0, 1] pixel units (the demo's default)
+
+step() { printf '\n=== [%s, %ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*"; }
+
+step "Python environment in $VENV"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+mkdir -p "$OUT"
+
+train() {  # train <label> [extra flags...]: one from-scratch training run, table and log in $OUT
+    local label=$1
+    shift
+    step "Training the $label model (from scratch, $EPOCHS epochs, CPU-sized settings)"
+    "$PY" train_test_IQA_sparsity.py --dataset synthetic --dataset_path "$DATA" --no_pretrained \
+        --epochs "$EPOCHS" --train_patch_num "$TRAIN_PATCHES" --test_patch_num "$TEST_PATCHES" \
+        --batch_size "$BATCH_SIZE" --seed "$SEED" --checkpoint_dir "$OUT/checkpoints" \
+        --log_file "$OUT/train_$label.log" "$@"
+}
+train baseline
+train NT --if_grad --weight "$NT_WEIGHT" --h "$NT_H"
+
+checkpoint() {  # checkpoint <if_grad 0|1>: the path the training script saved to
+    "$PY" -c 'import sys, models; print(models.checkpoint_name("synthetic", int(sys.argv[1]), bool(int(sys.argv[2])), float(sys.argv[3]), float(sys.argv[4])))' \
+        "$BATCH_SIZE" "$1" "$NT_WEIGHT" "$NT_H"
+}
+BASELINE_CKPT="$OUT/checkpoints/$(checkpoint 0)"
+NT_CKPT="$OUT/checkpoints/$(checkpoint 1)"
+
+step "Gradient norm and score of $IMAGE under both models"
+"$PY" quality_and_norm_demo.py --img_name "$IMAGE" --patch_num "$DEMO_PATCHES" --seed "$SEED" \
+    --baseline_checkpoint "$BASELINE_CKPT" --nt_checkpoint "$NT_CKPT" \
+    --crop_dir "$OUT/crops" --regenerate_crops | tee "$OUT/quality_and_norm.txt"
+
+for label in baseline NT; do
+    step "FGSM attack on the $label model (eps $EPS)"
+    ckpt=$BASELINE_CKPT
+    [[ $label == NT ]] && ckpt=$NT_CKPT
+    "$PY" FGSM_demo.py --img_name "$IMAGE" --checkpoint "$ckpt" --patch_num "$DEMO_PATCHES" --seed "$SEED" \
+        --eps "$EPS" --alp "$EPS" --step 1 --save_dir "$OUT/adv_$label" | tee "$OUT/fgsm_$label.txt"
+done
+
+# The numbers, read back from the demos' printed lines.
+value() { grep -m1 -F "$2" "$1" | sed 's/.*://'; }  # value <file> <line prefix>: the number after the colon
+norm_line() { grep -A2 -F 'L_1 norm' "$OUT/quality_and_norm.txt" | grep -m1 -F "$1" | sed 's/.*://'; }
+summary_row() {  # summary_row <label> <gradient norm> <fgsm output file>
+    local clean attacked
+    clean=$(value "$3" 'Predicted Score (Unattacked):')
+    attacked=$(value "$3" 'Predicted Score (Attacked):')
+    awk -v l="$1" -v g="$2" -v c="$clean" -v a="$attacked" \
+        'BEGIN { d = a - c; if (d < 0) d = -d; printf "%-9s %14.2f %12.2f %14.2f %18.2f\n", l, g, c, a, d }'
+}
+step "Summary ($IMAGE, $DEMO_PATCHES patches, FGSM eps $EPS)"
+printf '%-9s %14s %12s %14s %18s\n' model 'gradient norm' 'clean score' 'attacked score' '|score change|'
+summary_row baseline "$(norm_line 'HyperIQA:')" "$OUT/fgsm_baseline.txt"
+summary_row NT "$(norm_line 'HyperIQA+NT:')" "$OUT/fgsm_NT.txt"
+echo "NT should show the lower gradient norm and the smaller score change under attack."
+echo "Total time: ${SECONDS}s. Outputs in $OUT/."

@@ -1,0 +1,190 @@
+"""Attacks, patch scoring and gradient norms: invariants on a tiny stand-in model, and the released
+numbers (tests/fixtures) with the recipe weights loaded from checkpoints as the demos load them."""
+import pytest
+import torch
+import torch.nn as nn
+
+import attacks
+import models
+from tests import recipe
+
+PIXEL_TOL = 1e-6
+FGSM_ATOL = 1e-3  # fixtures README: sign flips where a gradient entry is near 0
+FIXTURE_RTOL = 1e-4
+
+
+class StandIn(nn.Module):
+    """Normalized images (B, 3, H, W) -> scores (B,) around 50; BatchNorm makes train/eval differ."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Tanh())
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return 50 + 20 * self.head(self.features(x).mean(dim=(2, 3))).view(x.shape[0])
+
+
+@pytest.fixture
+def model():
+    return StandIn()
+
+
+@pytest.fixture
+def pixels():
+    torch.manual_seed(1)
+    x = torch.rand(6, 3, 16, 16)
+    x[0] = 0.0  # at the bottom of the range: clipping matters
+    x[1] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "ifgsm", "pgd"])
+def test_attack_stays_in_the_eps_ball_and_pixel_range_and_leaves_the_input(model, pixels, attack):
+    before = pixels.clone()
+    adversarial = attacks.run_attack(attack, model, pixels, eps=0.03, alpha=0.01, steps=5,
+                                     generator=torch.Generator().manual_seed(0)).adversarial
+    assert torch.equal(pixels, before)
+    assert (adversarial - pixels).abs().max() <= 0.03 + PIXEL_TOL
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    assert (adversarial - pixels).abs().max() > 0.02  # it did move
+
+
+def test_iterative_fgsm_moves_each_score_away_from_the_middle(model, pixels):
+    clean = attacks.score_patches(model, pixels)
+    middle = clean.median().item()  # some patches above it, some below
+    result = attacks.iterative_fgsm(model, pixels, eps=0.05, alpha=0.01, steps=5, middle=middle)
+    attacked = attacks.score_patches(model, result.adversarial)
+    torch.testing.assert_close(result.clean_scores, clean)
+    above = clean > middle
+    assert above.any() and (~above).any()
+    assert (attacked[above] < clean[above]).all()
+    assert (attacked[~above] > clean[~above]).all()
+
+
+def test_attack_direction_rule():
+    direction = attacks.attack_direction(torch.tensor([50.1, 50.0, 10.0]), middle=50.0)
+    assert direction.tolist() == [-1.0, 1.0, 1.0]  # a score exactly at the middle is raised, as released
+
+
+def test_one_iterative_fgsm_step_moves_every_pixel_by_alpha_where_not_clipped(model, pixels):
+    inner = pixels.clamp(0.1, 0.9)
+    adversarial = attacks.iterative_fgsm(model, inner, eps=0.03, alpha=0.01, steps=1).adversarial
+    torch.testing.assert_close((adversarial - inner).abs(), torch.full_like(inner, 0.01), rtol=0, atol=PIXEL_TOL)
+
+
+def test_fgsm_is_one_step_of_eps(model, pixels):
+    torch.testing.assert_close(attacks.fgsm(model, pixels, eps=0.02).adversarial,
+                               attacks.iterative_fgsm(model, pixels, eps=0.02, alpha=0.02, steps=1).adversarial)
+
+
+def test_batched_chunked_and_one_by_one_attacks_agree(model, pixels):
+    batched = attacks.iterative_fgsm(model, pixels, steps=3, chunk_size=len(pixels))
+    chunked = attacks.iterative_fgsm(model, pixels, steps=3, chunk_size=4)
+    single = [attacks.iterative_fgsm(model, pixels[i:i + 1], steps=3) for i in range(len(pixels))]
+    torch.testing.assert_close(chunked.adversarial, batched.adversarial, rtol=0, atol=PIXEL_TOL)
+    torch.testing.assert_close(torch.cat([s.adversarial for s in single]), batched.adversarial, rtol=0, atol=PIXEL_TOL)
+    torch.testing.assert_close(torch.cat([s.clean_scores for s in single]), batched.clean_scores)
+
+
+def test_pgd_start_is_seeded_and_independent_of_chunking(model, pixels):
+    def run(seed, chunk_size):
+        return attacks.pgd(model, pixels, steps=2, generator=torch.Generator().manual_seed(seed),
+                           chunk_size=chunk_size).adversarial
+    first = run(0, 6)
+    torch.testing.assert_close(run(0, 2), first, rtol=0, atol=PIXEL_TOL)
+    assert not torch.allclose(run(1, 6), first)
+
+
+def test_model_mode_is_restored_and_no_parameter_gradient_accumulates(model, pixels):
+    model.train()
+    attacks.iterative_fgsm(model, pixels, steps=2)
+    attacks.scores_and_gradient_norms(model, pixels)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    attacks.score_patches(model, pixels)
+    assert not model.training
+
+
+def test_attack_uses_eval_mode_batchnorm(model, pixels):
+    # In train mode BatchNorm would mix the images of a batch; the attack must not see that.
+    model.train()
+    clean = attacks.iterative_fgsm(model, pixels, steps=1).clean_scores
+    model.eval()
+    with torch.no_grad():
+        expected = model(models.normalize(pixels))
+    torch.testing.assert_close(clean, expected)
+
+
+def test_gradient_norm_is_the_l1_norm_in_normalized_input_space(model, pixels):
+    scores, norms = attacks.scores_and_gradient_norms(model, pixels, chunk_size=4)
+    model.eval()
+    normalized = models.normalize(pixels).requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(normalized).sum(), normalized)
+    torch.testing.assert_close(norms, grad.abs().sum(dim=(1, 2, 3)))
+    torch.testing.assert_close(scores, attacks.score_patches(model, pixels, chunk_size=1))
+
+
+def test_score_patches_gives_a_normal_tensor(model, pixels):
+    scores = attacks.score_patches(model, pixels)
+    assert scores.shape == (len(pixels),)
+    assert not scores.is_inference()
+
+
+def test_invalid_attack_settings_are_rejected(model, pixels):
+    with pytest.raises(ValueError, match="eps and alpha must be > 0"):
+        attacks.iterative_fgsm(model, pixels, eps=0)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        attacks.iterative_fgsm(model, pixels, steps=0)
+    with pytest.raises(ValueError, match="valid: fgsm, ifgsm, pgd"):
+        attacks.run_attack("cw", model, pixels, 0.03, 0.01, 1)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        attacks.score_patches(model, pixels[0])
+
+
+def test_quantize_8bit_gives_the_levels_of_a_saved_file():
+    x = torch.tensor([0.0, 0.5 / 255, 0.6 / 255, 1.0, 1.2])
+    assert attacks.quantize_8bit(x).mul(255).tolist() == pytest.approx([0, 0, 1, 255, 255])
+
+
+def test_jpeg_recompression_keeps_shape_and_range_and_costs_detail(pixels):
+    low = attacks.jpeg_recompress(pixels, 10)
+    high = attacks.jpeg_recompress(pixels, 95)
+    assert low.shape == pixels.shape and 0 <= low.min() and low.max() <= 1
+    assert (high - pixels).abs().mean() < (low - pixels).abs().mean()
+    with pytest.raises(ValueError, match="between 1 and 95"):
+        attacks.jpeg_recompress(pixels, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The released numbers, with recipe checkpoints in both release forms (see tests/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def recipe_models(recipe_checkpoints):
+    return {variant: models.load_hyperiqa(path) for variant, path in recipe_checkpoints.items()}
+
+
+@pytest.mark.parametrize("variant", list(recipe.OFFSETS))
+def test_scores_and_gradient_norms_match_the_release(recipe_models, variant):
+    expected = recipe.reference()["variants"][variant]
+    scores, norms = attacks.scores_and_gradient_norms(recipe_models[variant], recipe.recipe_pixels())
+    torch.testing.assert_close(scores, torch.tensor(expected["scores"]), rtol=FIXTURE_RTOL, atol=0)
+    torch.testing.assert_close(norms, torch.tensor(expected["grad_l1_normalized_input"]), rtol=FIXTURE_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+@pytest.mark.parametrize("variant", list(recipe.OFFSETS))
+def test_iterative_fgsm_matches_the_release(recipe_models, variant, steps):
+    # One batch of the three images: the release attacked them one at a time, and batching must not
+    # change the result.
+    model = recipe_models[variant]
+    expected = recipe.reference()["variants"][variant]["fgsm_pixel_space"]
+    result = attacks.iterative_fgsm(model, recipe.recipe_pixels(), eps=0.03, alpha=0.01, steps=steps)
+    attacked = attacks.score_patches(model, result.adversarial)
+    torch.testing.assert_close(result.clean_scores, torch.tensor([image["clean"] for image in expected]),
+                               rtol=FIXTURE_RTOL, atol=0)
+    key = f"eps0.03_alpha0.01_steps{steps}"
+    torch.testing.assert_close(attacked, torch.tensor([image[key] for image in expected]), rtol=0, atol=FGSM_ATOL)

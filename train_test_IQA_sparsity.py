@@ -1,0 +1,142 @@
+"""Train and test HyperIQA, with or without NT (gradient norm regularization), as in the paper's release.
+
+    python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/
+    python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/ --if_grad
+
+Prints the released per-epoch table (Epoch, Train_Loss, Train_SRCC, Test_SRCC, Test_PLCC), the best
+SROCC/PLCC of each round and the median over rounds, and appends the same lines to a log file.
+Progress within an epoch goes to stderr. The best checkpoint of a run is written to --checkpoint_dir
+under the name the demos load; Ctrl-C stops after saving a resumable state, continued by --resume.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import folders
+from cli import nonnegative_float, nonnegative_int, positive_float, positive_int, run_main
+from data_loader import DEFAULT_SEED, default_num_workers
+from HyperIQASolver import NT_MODES, SCHEDULES, TrainConfig, resume_state_path, train_and_test
+from models import PATCH_SIZE, checkpoint_name, select_device
+
+DEFAULTS = TrainConfig()
+SYNTHETIC_ROOT = "data/synthetic"  # where --dataset synthetic is built when no --dataset_path is given
+
+
+def hyperiqa_patch_size(text: str) -> int:
+    value = positive_int(text)
+    if value != PATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be {PATCH_SIZE}: HyperIQA's pooling layers are sized for "
+                                         f"{PATCH_SIZE}x{PATCH_SIZE} patches, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=DEFAULTS.dataset, choices=folders.DATASETS,
+                      help="data set to train and test on (folder layouts: folders.LAYOUTS)")
+    data.add_argument("--dataset_path", default=None,
+                      help="folder of the data set (for 'csv': the CSV file or a folder holding labels.csv); "
+                           f"required except for 'synthetic', which is built in {SYNTHETIC_ROOT}/ by default")
+    data.add_argument("--split_file", default=None,
+                      help="train/test split to use instead of a seeded random one: a JSON list or a pickled list "
+                           "of image indices (reference-image indices for live/csiq/tid2013), the first 80%% for "
+                           "training, e.g. the paper's CLIVE_traintest_index.pkl; read without running pickle code")
+    data.add_argument("--train_patch_num", type=positive_int, default=DEFAULTS.train_patch_num,
+                      help="random patches cut from each training image per epoch")
+    data.add_argument("--test_patch_num", type=positive_int, default=DEFAULTS.test_patch_num,
+                      help="random patches cut from each test image; the image's prediction is their mean")
+    data.add_argument("--patch_size", type=hyperiqa_patch_size, default=PATCH_SIZE,
+                      help="side of the square patches in pixels; HyperIQA accepts only 224")
+    data.add_argument("--num_workers", type=nonnegative_int, default=default_num_workers(),
+                      help="processes that decode images ahead of the model (0: decode in the main process)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--lr", type=positive_float, default=DEFAULTS.lr,
+                       help="Adam learning rate of the backbone; the hyper network starts at lr * lr_ratio")
+    train.add_argument("--lr_ratio", type=positive_float, default=DEFAULTS.lr_ratio,
+                       help="hyper-network learning rate / backbone learning rate at the start")
+    train.add_argument("--weight_decay", type=nonnegative_float, default=DEFAULTS.weight_decay,
+                       help="Adam's L2 weight decay")
+    train.add_argument("--batch_size", type=positive_int, default=DEFAULTS.batch_size, help="patches per step")
+    train.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="epochs per round")
+    train.add_argument("--train_test_num", type=positive_int, default=DEFAULTS.train_test_num,
+                       help="rounds, each on a new seeded split (the same split with --split_file); "
+                            "the median of the rounds' best SROCC/PLCC is reported")
+    train.add_argument("--schedule", choices=SCHEDULES, default=DEFAULTS.schedule,
+                       help="'released': exactly the released optimizer schedule, under which the hyper network "
+                            "stops training after epoch 1 and Adam restarts every epoch (the paper's numbers); "
+                            "'corrected': both parts keep training, one Adam, the hyper-network lr divided by 10 "
+                            "every 6 epochs")
+    train.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED,
+                       help="seed of the split, the patches and the initial weights")
+    train.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    train.add_argument("--no_pretrained", action="store_true",
+                       help="initialize the backbone from scratch instead of with ImageNet ResNet-50 weights")
+    train.add_argument("--backbone_weights", default=None,
+                       help="a torchvision resnet50 state_dict file to use instead of torchvision's download/cache")
+
+    nt = parser.add_argument_group("NT (gradient norm regularization)")
+    nt.add_argument("--if_grad", action="store_true",
+                    help="train with NT: loss = L1 + weight * penalty on the l1 norm of the input gradient")
+    nt.add_argument("--weight", type=nonnegative_float, default=DEFAULTS.weight, help="weight of the NT penalty")
+    nt.add_argument("--h", type=positive_float, default=DEFAULTS.h,
+                    help="finite-difference step of the NT penalty, in normalized-input units")
+    nt.add_argument("--nt_mode", choices=NT_MODES, default=DEFAULTS.nt_mode,
+                    help="'finite_difference' (the paper's) or 'exact' (double backpropagation)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--checkpoint_dir", default="checkpoints",
+                     help="where the best checkpoint ({dataset}_bs{batch_size}_grad[...]...pth, the name the demos "
+                          "load) and the resumable state (*.resume.pth) are written")
+    out.add_argument("--log_file", default=None,
+                     help="file the printed results are appended to (default: the checkpoint's name with .log, "
+                          "in --checkpoint_dir; '' for none)")
+    out.add_argument("--resume", nargs="?", const="", default=None, metavar="STATE",
+                     help="continue an interrupted run from its resumable state (default: the one in "
+                          "--checkpoint_dir for these settings); the settings must be the same (--epochs may grow)")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    config = TrainConfig(
+        dataset=args.dataset, lr=args.lr, lr_ratio=args.lr_ratio, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, epochs=args.epochs, train_patch_num=args.train_patch_num,
+        test_patch_num=args.test_patch_num, train_test_num=args.train_test_num, if_grad=args.if_grad,
+        weight=args.weight, h=args.h, nt_mode=args.nt_mode, schedule=args.schedule, seed=args.seed)
+    root = args.dataset_path or (SYNTHETIC_ROOT if args.dataset == "synthetic" else None)
+    if root is None:
+        raise ValueError(f"--dataset_path is required: the {args.dataset} folder, holding {folders.LAYOUTS[args.dataset]}")
+    device = select_device(args.device)
+    samples = folders.list_samples(args.dataset, root, args.seed)
+    checkpoint = Path(args.checkpoint_dir) / checkpoint_name(config.dataset, config.batch_size, config.if_grad,
+                                                             config.weight, config.h)
+    resume = None if args.resume is None else (args.resume or resume_state_path(checkpoint))
+    log_path = checkpoint.with_suffix(".log") if args.log_file is None else (args.log_file or None)
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") if log_path else contextlib.nullcontext() as log_file:
+        def log(line: str) -> None:
+            print(line, flush=True)
+            if log_file is not None:
+                log_file.write(line + "\n")
+                log_file.flush()
+
+        log("Dataset: %s, Batch Size: %i, If Grad: %s, Weight: %e, Schedule: %s, Images: %d, Device: %s."
+            % (config.dataset, config.batch_size, config.if_grad, config.weight, config.schedule, len(samples), device))
+        results = train_and_test(config, samples, device, args.checkpoint_dir, split_file=args.split_file,
+                                 pretrained=not args.no_pretrained, backbone_weights=args.backbone_weights,
+                                 num_workers=args.num_workers, resume=resume, log=log)
+        srcc_all, plcc_all = np.array(results).T
+        log("Testing median SRCC %4.4f,\tmedian PLCC %4.4f" % (np.median(srcc_all), np.median(plcc_all)))
+        print(f"best checkpoint: {checkpoint}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main, parse_args())
