@@ -44,6 +44,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             img.load()
             return _to_rgb(img)
     except UnidentifiedImageError:
+        extension = os.path.splitext(path)[1].lower()
+        if extension and extension not in Image.registered_extensions():  # e.g. .heic, .svg, camera raw
+            raise ImageError(f"unsupported image format {extension}: {path} (convert it to PNG or JPEG)") from None
         raise ImageError(f"not an image, or a format Pillow cannot read: {path}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot decode image {path}: {exc}") from None
