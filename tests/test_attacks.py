@@ -127,6 +127,21 @@ def test_gradient_norm_is_the_l1_norm_in_normalized_input_space(model, pixels):
     torch.testing.assert_close(scores, attacks.score_patches(model, pixels, chunk_size=1))
 
 
+def test_chunk_size_by_device():
+    assert attacks.default_chunk_size("cpu") == attacks.CPU_CHUNK_SIZE
+    assert attacks.default_chunk_size(torch.device("cuda", 0)) == attacks.CUDA_CHUNK_SIZE
+    assert attacks.CUDA_CHUNK_SIZE >= 25  # the patches of an image in one pass
+
+
+def test_default_chunking_gives_the_one_by_one_results(model, pixels):
+    by_device = attacks.scores_and_gradient_norms(model, pixels)
+    one_by_one = attacks.scores_and_gradient_norms(model, pixels, chunk_size=1)
+    for a, b in zip(by_device, one_by_one):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        attacks.score_patches(model, pixels, chunk_size=0)
+
+
 def test_score_patches_gives_a_normal_tensor(model, pixels):
     scores = attacks.score_patches(model, pixels)
     assert scores.shape == (len(pixels),)

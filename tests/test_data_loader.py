@@ -157,6 +157,20 @@ def test_a_patch_is_a_crop_of_the_decoded_image(tmp_path):
     assert 0 < sum(flipped) < 8  # random horizontal flips
 
 
+def test_flipped_crops_mirror_the_crop_at_the_drawn_position():
+    # Positions are drawn first (tops, then lefts), flips after them: the patches of a seed are fixed.
+    image = torch.arange(3 * 40 * 50).view(3, 40, 50)
+    crops = data_loader.random_crops(image, 12, 16, torch.Generator().manual_seed(4), flip=True)
+    generator = torch.Generator().manual_seed(4)
+    tops = torch.randint(0, 40 - 16 + 1, (12,), generator=generator).tolist()
+    lefts = torch.randint(0, 50 - 16 + 1, (12,), generator=generator).tolist()
+    flips = (torch.rand(12, generator=generator) < 0.5).tolist()
+    assert 0 < sum(flips) < 12
+    for crop, top, left, flip in zip(crops, tops, lefts, flips):
+        expected = image[:, top:top + 16, left:left + 16]
+        assert torch.equal(crop, expected.flip(-1) if flip else expected)
+
+
 def test_test_batches_keep_images_in_order(four_images):
     loader = data_loader.make_test_loader(four_images, "csv", patch_num=3, batch_size=4)
     index = torch.cat([b[2] for b in all_batches(loader)])

@@ -51,6 +51,26 @@ def test_scores_gradient_norms_and_penalties_match_the_release(model, pixels, va
     assert exact_penalty(x, model(x)).item() == pytest.approx(expected["nt_penalty_exact"], rel=PENALTY_RTOL)
 
 
+def test_channels_last_placement_keeps_the_released_numbers(pixels):
+    # The scripts run the model as `models.place` lays it out (channels_last); the numbers must not move.
+    model = models.place(models.HyperIQA(), "cpu").eval()
+    model.load_state_dict(recipe.recipe_state_dict(model.state_dict(), 50.0), strict=True)
+    assert model.res.layer1[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    expected = recipe.reference()["variants"]["fc5b_offset_50"]
+    x = models.normalize(pixels).requires_grad_(True)
+    scores = model(x)
+    (grad,) = torch.autograd.grad(scores.sum(), x)
+    torch.testing.assert_close(scores.detach(), torch.tensor(expected["scores"]), rtol=SCORE_RTOL, atol=0)
+    torch.testing.assert_close(grad.abs().flatten(1).sum(dim=1), torch.tensor(expected["grad_l1_normalized_input"]),
+                               rtol=SCORE_RTOL, atol=0)
+
+
+def test_models_for_training_and_for_the_demos_are_placed_channels_last(hyperiqa_checkpoint):
+    for model in (models.build_model(), models.load_hyperiqa(hyperiqa_checkpoint)):
+        assert model.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert model.res.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_released_interface_hypernet_then_targetnet_gives_the_scores(model, pixels):
     model.load_state_dict(recipe.recipe_state_dict(model.state_dict(), 50.0))
     x = models.normalize(pixels)

@@ -1,0 +1,554 @@
+"""Speed of this code next to the released code's way of doing the same jobs, measured in one run.
+
+    python benchmark.py                          # batch size 4, CUDA when available; ~4 min on 2 CPU cores
+    python benchmark.py --device cpu --quick     # one timed run per job, no memory: a rough look
+
+Each job is run "ours" (the code path that the training script, the demos and the robustness
+evaluation run) and "released" (the same job done the way the released code does it, written out
+below). Both get the same inputs on the same device:
+
+| job | ours | released |
+|---|---|---|
+| training step, baseline | `HyperIQASolver.train_step`: channels_last model (CPU), fused Adam | NCHW model, PyTorch's default Adam |
+| training step, NT | the same, `nt_loss`: one clean forward serves the L1 loss and the penalty | NCHW, default Adam, three forward passes (`released_three_pass_nt_loss`) |
+| NT, same setup | the same | three passes with our model and optimizer: the gain of the shared forward alone |
+| training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
+| scoring, gradient norms, I-FGSM on the 25 patches of an image | `attacks`, batched in chunks (`--chunk_size`, default by device) | one patch at a time |
+| data loading, an epoch | `data_loader.make_train_loader`: each image decoded once, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
+
+The released one-patch loops are written generously: gradients are taken with respect to the input
+only (the released demos also computed parameter gradients) and the attack direction comes from the
+first step's forward (the released demo ran one more forward of the un-normalized image for it).
+
+Time: the median of `--repeats` timed runs (`--long_repeats` for the 10-step attack) after `--warmup`
+runs; ours and released alternate run by run, so load from other programs hits both alike. Patches
+per second = patches of a run / median time; ratio = ours' median time / released median time (below
+1: ours is faster). Threads: PyTorch's default.
+
+Peak memory: what one run of a job needs on top of what was held before it (models, optimizer,
+inputs; a training step's first run includes Adam's state). CPU (Linux): a fresh process per job
+and side builds the job, then runs it once; reported is the peak resident set size during that run
+(VmHWM, reset just before through /proc/self/clear_refs) minus the resident size just before it.
+Loader worker processes are not included; sides that run the very same code in two jobs share one
+measurement. CUDA: torch.cuda.max_memory_allocated during the first run minus memory_allocated before.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
+
+import attacks
+import cli
+import data_loader
+import models
+from data_loader import default_num_workers, make_train_loader
+from folders import Sample
+from HyperIQASolver import HyperIQASolver, TrainConfig, build_optimizer, parameter_groups, released_three_pass_nt_loss
+
+PATCHES_PER_IMAGE = 25  # the released train/test patch number: one image's worth of patches
+LIVEC_SIDE = 500  # LIVEC's photos are 500x500 JPEGs
+JPEG_QUALITY = 90
+QUICK = dict(repeats=1, long_repeats=1, warmup=1, images=8)
+Call = Callable[[], object]
+
+
+# ---------------------------------------------------------------------------------------------
+# The released way, written out
+
+
+def released_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                        mos: torch.Tensor, nt: bool, config: TrainConfig) -> float:
+    """One released training step on normalized images (B, 3, 224, 224) and mos (B,): L1 loss, or with
+    `nt` the three-pass NT loss. Returns the loss value."""
+    optimizer.zero_grad()
+    if nt:
+        loss = released_three_pass_nt_loss(model, images, mos, config.weight, config.h).total
+    else:
+        loss = F.l1_loss(model(images), mos)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def released_adam(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """The released optimizer: PyTorch's default Adam, hyper network at lr * lr_ratio, backbone at lr."""
+    hyper, backbone = parameter_groups(model)
+    return torch.optim.Adam([{"params": hyper, "lr": config.lr * config.lr_ratio},
+                             {"params": backbone, "lr": config.lr}], weight_decay=config.weight_decay)
+
+
+def released_scores(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Scores (N,) of pixel patches (N, 3, 224, 224) in [0, 1], one patch per forward."""
+    with torch.no_grad():
+        return torch.cat([model(models.normalize(patch.unsqueeze(0))) for patch in pixels])
+
+
+def released_gradient_norms(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """l1 norms (N,) of d score / d normalized input, one patch per forward and backward."""
+    norms = []
+    for patch in pixels:
+        normalized = models.normalize(patch.unsqueeze(0)).requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(normalized).sum(), normalized)
+        norms.append(grad.abs().sum())
+    return torch.stack(norms)
+
+
+def released_iterative_fgsm(model: torch.nn.Module, pixels: torch.Tensor, steps: int,
+                            eps: float = attacks.DEFAULT_EPS, alpha: float = attacks.DEFAULT_ALPHA,
+                            middle: float = attacks.DEFAULT_SCORE_MIDDLE) -> torch.Tensor:
+    """Iterative FGSM (N, 3, 224, 224) -> adversarial patches, one patch at a time, as the released demo."""
+    adversarial = []
+    for patch in pixels:
+        clean = patch.unsqueeze(0)
+        image, direction = clean.clone(), None
+        for _ in range(steps):
+            image.requires_grad_(True)
+            score = model(models.normalize(image))
+            if direction is None:
+                direction = attacks.LOWER if score.item() > middle else attacks.RAISE
+            (grad,) = torch.autograd.grad(score.sum() * direction, image)
+            with torch.no_grad():
+                image = torch.min(torch.max(image + alpha * grad.sign(), clean - eps), clean + eps).clamp_(0.0, 1.0)
+        adversarial.append(image.detach())
+    return torch.cat(adversarial)
+
+
+class ReleasedPatchDataset(torch.utils.data.Dataset):
+    """The released training data set: each image listed PATCHES_PER_IMAGE times; every item opens and
+    decodes its image again and applies the released LIVEC training transforms (random horizontal
+    flip, random 224x224 crop, ToTensor, ImageNet Normalize). `decodes` counts the decodes."""
+
+    def __init__(self, samples: list[Sample]):
+        self.items = [(s.path, s.mos) for s in samples for _ in range(PATCHES_PER_IMAGE)]
+        self.transform = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(models.PATCH_SIZE), T.ToTensor(),
+                                    T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
+        self.decodes = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, float]:
+        path, mos = self.items[index]
+        with open(path, "rb") as f:  # the released pil_loader
+            img = Image.open(f).convert("RGB")
+        self.decodes += 1
+        return self.transform(img), mos
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared inputs
+
+
+def write_livec_like_folder(folder: Path, count: int, seed: int = 0) -> list[Sample]:
+    """`count` 500x500 JPEGs (quality 90) like LIVEC's photos in size and format: smooth random colour
+    fields with fine grain. Files already there are reused. Returns their samples (MOS 0-100)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for index in range(count):
+        path = folder / f"{index:04d}.jpg"
+        coarse = rng.integers(0, 256, (LIVEC_SIDE // 20, LIVEC_SIDE // 20, 3), dtype=np.uint8)
+        grain = rng.normal(0.0, 8.0, (LIVEC_SIDE, LIVEC_SIDE, 3))
+        if not path.exists():
+            smooth = np.asarray(Image.fromarray(coarse).resize((LIVEC_SIDE, LIVEC_SIDE), Image.BICUBIC), np.float64)
+            Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(path, quality=JPEG_QUALITY)
+        samples.append(Sample(str(path), float(rng.uniform(0, 100)), str(path)))
+    return samples
+
+
+class Workbench:
+    """Models and inputs of the jobs, each built on first use (a memory probe builds only its job's)."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, workdir: Path):
+        self.args, self.device, self.workdir = args, device, workdir
+        self.config = TrainConfig(batch_size=args.batch_size)
+        self.epoch = 0  # the loaders draw new patches every run, as in training
+        self.decodes = {side: 0 for side in SIDES}  # image decodes by the loaders, in this process
+
+    @functools.cached_property
+    def checkpoint(self) -> Path:
+        path = self.workdir / "hyperiqa.pth"
+        if not path.exists():
+            torch.manual_seed(0)
+            models.save_checkpoint(path, models.HyperIQA())
+        return path
+
+    @functools.cached_property
+    def eval_ours(self) -> torch.nn.Module:
+        return models.load_hyperiqa(self.checkpoint, self.device)  # as the demos load it
+
+    @functools.cached_property
+    def eval_released(self) -> torch.nn.Module:
+        model = models.HyperIQA()
+        models.load_checkpoint(model, self.checkpoint, map_location=self.device)
+        return model.to(self.device).eval()  # the released layout: NCHW
+
+    @functools.cached_property
+    def patches(self) -> torch.Tensor:
+        """The 25 pixel patches (25, 3, 224, 224) in [0, 1] of an 'image'."""
+        generator = torch.Generator().manual_seed(1)
+        shape = (PATCHES_PER_IMAGE, 3, models.PATCH_SIZE, models.PATCH_SIZE)
+        return torch.rand(shape, generator=generator).to(self.device)
+
+    @functools.cached_property
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch: normalized images (B, 3, 224, 224) and mos (B,) in 0-100."""
+        generator = torch.Generator().manual_seed(2)
+        pixels = torch.rand((self.args.batch_size, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator)
+        mos = 100 * torch.rand(self.args.batch_size, generator=generator)
+        return models.normalize(pixels).to(self.device), mos.to(self.device)
+
+    @functools.cached_property
+    def samples(self) -> list[Sample]:
+        return write_livec_like_folder(self.workdir / "livec_like", self.args.images)
+
+    def solver_step(self, if_grad: bool, nt_mode: str = "finite_difference") -> Call:
+        """Our training step (`HyperIQASolver.train_step`) on a fresh model built as training builds it."""
+        torch.manual_seed(0)
+        config = TrainConfig(batch_size=self.args.batch_size, if_grad=if_grad, nt_mode=nt_mode)
+        unused = [Sample("unused.jpg", 50.0, "unused.jpg")]  # the loaders are never read here
+        solver = HyperIQASolver(config, unused, unused, models.build_model(device=self.device), self.device,
+                                self.workdir / "unused.pth")
+        images, mos = self.batch
+        return lambda: solver.train_step(images, mos, epoch=0)
+
+    def released_step(self, nt: bool, our_setup: bool = False) -> Call:
+        """The released training step on a fresh model: NCHW and default Adam, or with `our_setup` our
+        model placement and optimizer (so that only the three forward passes differ)."""
+        torch.manual_seed(0)
+        if our_setup:
+            model = models.build_model(device=self.device).train()
+            optimizer = build_optimizer(model, self.config, 0)
+        else:
+            model = models.HyperIQA().to(self.device).train()
+            models.init_backbone_from_scratch(model.res)
+            optimizer = released_adam(model, self.config)
+        images, mos = self.batch
+        return lambda: released_train_step(model, optimizer, images, mos, nt, self.config)
+
+    def our_epoch(self, num_workers: int) -> Call:
+        """An epoch of our training loader (batches normalized, on the device). Decodes in this process
+        are counted in `decodes` (those of worker processes are not)."""
+        loader = make_train_loader(self.samples, "livec", PATCHES_PER_IMAGE, self.args.batch_size,
+                                   num_workers=num_workers, device=self.device)
+        decode = data_loader.load_image
+
+        def counted_decode(path: str) -> Image.Image:
+            self.decodes["ours"] += 1
+            return decode(path)
+
+        def epoch() -> None:
+            self.epoch += 1
+            data_loader.load_image = counted_decode
+            try:
+                for _ in loader.batches(self.epoch):
+                    pass
+            finally:
+                data_loader.load_image = decode
+        return epoch
+
+    def released_epoch(self) -> Call:
+        """An epoch of the released loader, batches moved to the device as the released solver does."""
+        dataset = ReleasedPatchDataset(self.samples)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.args.batch_size, shuffle=True)
+
+        def epoch() -> None:
+            before = dataset.decodes
+            for images, mos in loader:
+                images.to(self.device), mos.to(self.device)
+            self.decodes["released"] += dataset.decodes - before
+        return epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# The jobs
+
+
+class Job(NamedTuple):
+    key: str  # name for --jobs
+    label: str  # row of the table
+    patches: Callable[[Workbench], int]  # patches processed by one run
+    ours: Callable[[Workbench], Call]
+    released: Callable[[Workbench], Call]
+    warm_with: str | None = None  # warm up with this (cheaper) job's runs instead
+    long: bool = False  # timed --long_repeats times
+
+
+def _per_image(bench: Workbench) -> int:
+    return PATCHES_PER_IMAGE
+
+
+def _per_batch(bench: Workbench) -> int:
+    return bench.args.batch_size
+
+
+def _per_epoch(bench: Workbench) -> int:
+    return bench.args.images * PATCHES_PER_IMAGE
+
+
+def _ours(run: Callable[[Workbench, torch.nn.Module, torch.Tensor], object]) -> Callable[[Workbench], Call]:
+    return lambda b: lambda: run(b, b.eval_ours, b.patches)
+
+
+def _released(run: Callable[[torch.nn.Module, torch.Tensor], object]) -> Callable[[Workbench], Call]:
+    return lambda b: lambda: run(b.eval_released, b.patches)
+
+
+JOBS = (
+    Job("train_baseline", "training step, baseline (L1)", _per_batch,
+        lambda b: b.solver_step(False), lambda b: b.released_step(False)),
+    Job("train_nt", "training step, NT (vs released 3 passes)", _per_batch,
+        lambda b: b.solver_step(True), lambda b: b.released_step(True)),
+    Job("train_nt_same_setup", "  NT vs 3 passes in our setup", _per_batch,
+        lambda b: b.solver_step(True), lambda b: b.released_step(True, our_setup=True)),
+    Job("train_nt_exact", "training step, NT exact (vs released NT)", _per_batch,
+        lambda b: b.solver_step(True, "exact"), lambda b: b.released_step(True)),
+    Job("score", "scoring, 25 patches", _per_image,
+        _ours(lambda b, m, x: attacks.score_patches(m, x, b.args.chunk_size)),
+        _released(released_scores)),
+    Job("gradnorm", "gradient norms, 25 patches", _per_image,
+        _ours(lambda b, m, x: attacks.scores_and_gradient_norms(m, x, b.args.chunk_size)),
+        _released(released_gradient_norms)),
+    Job("fgsm1", "I-FGSM 1 step, 25 patches", _per_image,
+        _ours(lambda b, m, x: attacks.iterative_fgsm(m, x, steps=1, chunk_size=b.args.chunk_size)),
+        _released(functools.partial(released_iterative_fgsm, steps=1))),
+    Job("fgsm10", "I-FGSM 10 steps, 25 patches", _per_image,
+        _ours(lambda b, m, x: attacks.iterative_fgsm(m, x, steps=10, chunk_size=b.args.chunk_size)),
+        _released(functools.partial(released_iterative_fgsm, steps=10)), warm_with="fgsm1", long=True),
+    Job("loading", "data loading, epoch", _per_epoch,
+        lambda b: b.our_epoch(b.args.num_workers), lambda b: b.released_epoch()),
+)
+JOB_KEYS = tuple(job.key for job in JOBS)
+SIDES = ("ours", "released")
+# (job, side) -> the (job, side) that runs the very same code: one memory measurement serves both.
+SAME_RUN = {("train_nt_same_setup", "ours"): ("train_nt", "ours"), ("train_nt_exact", "released"): ("train_nt", "released")}
+
+
+def job_list(text: str) -> list[str]:
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in JOB_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"unknown job {', '.join(unknown) or repr(text)}; valid: {', '.join(JOB_KEYS)}")
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+class Result(NamedTuple):
+    job: Job
+    patches: int
+    times: dict[str, list[float]]  # seconds of each timed run, per side
+    peak_mib: dict[str, float | None]  # per side; None when not measured
+    decodes: dict[str, float]  # image decodes per image and epoch counted in this process, per side
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _timed(call: Call, sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    call()
+    sync()
+    return time.perf_counter() - start
+
+
+def _cuda_peak_mib(call: Call) -> float:
+    """Extra CUDA memory (MiB) allocated at the peak of one run of `call`."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    call()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+
+
+def measure(job: Job, bench: Workbench, args: argparse.Namespace) -> Result:
+    """Warm up, then time ours and released alternately; on CUDA, peak memory of each side's first run."""
+    sync = _synchronizer(bench.device)
+    calls = {"ours": job.ours(bench), "released": job.released(bench)}
+    warm = calls
+    if job.warm_with is not None:
+        warm_job = next(j for j in JOBS if j.key == job.warm_with)
+        warm = {"ours": warm_job.ours(bench), "released": warm_job.released(bench)}
+    peak: dict[str, float | None] = {side: None for side in SIDES}
+    decodes_before = dict(bench.decodes)
+    if bench.device.type == "cuda" and not args.no_memory:
+        for side in SIDES:
+            peak[side] = _cuda_peak_mib(calls[side])
+    for side in SIDES:
+        for _ in range(args.warmup):
+            warm[side]()
+    times: dict[str, list[float]] = {side: [] for side in SIDES}
+    for run in range(args.long_repeats if job.long else args.repeats):
+        for side in SIDES if run % 2 == 0 else SIDES[::-1]:
+            times[side].append(_timed(calls[side], sync))
+    runs = len(times["ours"]) + args.warmup + (bench.device.type == "cuda" and not args.no_memory)
+    decodes = {side: (bench.decodes[side] - decodes_before[side]) / (runs * args.images) for side in SIDES}
+    return Result(job, job.patches(bench), times, peak, decodes)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def probe_peak_mib(job: Job, side: str, bench: Workbench) -> float:
+    """In this (fresh) process: peak resident memory (MiB) of one run of the job above the resident
+    memory just before it. The peak counter (VmHWM) is reset through /proc/self/clear_refs; where
+    that is refused, the process's lifetime peak (ru_maxrss) stands in."""
+    call = job.ours(bench) if side == "ours" else job.released(bench)
+    before = _status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    call()
+    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max(0, peak - before) / 1024
+
+
+def cpu_peaks_in_fresh_processes(keys: list[str], args: argparse.Namespace, workdir: Path) -> dict[tuple[str, str], float]:
+    """Peak memory (MiB) of each job and side, each in its own fresh process (see `probe_peak_mib`)."""
+    peaks = {}
+    for key, side in dict.fromkeys(SAME_RUN.get((key, side), (key, side)) for key in keys for side in SIDES):
+        command = [sys.executable, os.path.abspath(__file__), "--probe", f"{key}:{side}", "--workdir", str(workdir),
+                   "--device", "cpu", "--batch_size", str(args.batch_size), "--images", str(args.images),
+                   "--num_workers", str(args.num_workers)]
+        if args.chunk_size is not None:
+            command += ["--chunk_size", str(args.chunk_size)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory probe {key}:{side} failed: {done.stderr.strip().splitlines()[-1:]}")
+        peaks[key, side] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+        print(f"  memory {key} {side}: {peaks[key, side]:.0f} MiB", file=sys.stderr, flush=True)
+    return {(key, side): peaks[SAME_RUN.get((key, side), (key, side))] for key in keys for side in SIDES}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    name = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores, {torch.get_num_threads()} PyTorch threads"
+
+
+def table(results: list[Result]) -> str:
+    """The results as a Markdown table: patches/s of each side, time ratio, peak memory."""
+    lines = ["| job | patches | ours patches/s | released patches/s | time ours/released | peak MiB ours | peak MiB released |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        median = {side: statistics.median(r.times[side]) for side in SIDES}
+        memory = ["-" if r.peak_mib[side] is None else f"{r.peak_mib[side]:.0f}" for side in SIDES]
+        lines.append(f"| {r.job.label.strip()} | {r.patches} | {r.patches / median['ours']:.2f} | "
+                     f"{r.patches / median['released']:.2f} | {median['ours'] / median['released']:.2f} | "
+                     f"{memory[0]} | {memory[1]} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--batch_size", type=cli.positive_int, default=4,
+                        help="patches per training step and per loader batch")
+    parser.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs per job (the median is reported)")
+    parser.add_argument("--long_repeats", type=cli.positive_int, default=1,
+                        help="timed runs of the 10-step attack (warmed up by the 1-step attack)")
+    parser.add_argument("--warmup", type=cli.nonnegative_int, default=1, help="untimed runs per job and side first")
+    parser.add_argument("--images", type=cli.positive_int, default=40,
+                        help="500x500 JPEGs in the loading epoch (x 25 patches each)")
+    parser.add_argument("--num_workers", type=cli.nonnegative_int, default=default_num_workers(),
+                        help="our loader's worker processes in the 'loading' job (default: the training script's)")
+    parser.add_argument("--chunk_size", type=cli.positive_int, default=None,
+                        help="our patches per forward/backward pass in scoring, gradient norms and attacks "
+                             "(default by device: attacks.default_chunk_size)")
+    parser.add_argument("--jobs", type=job_list, default=list(JOB_KEYS), help=f"comma-separated subset of: {', '.join(JOB_KEYS)}")
+    parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--quick", action="store_true",
+                        help="a rough look: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items()) + ", --no_memory "
+                             "(flags given explicitly win)")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # JOB:SIDE, run by the memory measurement
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:  # its settings, except those given explicitly
+        for key, value in QUICK.items():
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
+        args.no_memory = True
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
+    device = models.select_device(args.device)
+    if args.probe is not None:
+        key, side = args.probe.split(":")
+        bench = Workbench(args, device, Path(args.workdir))
+        print(json.dumps({"peak_mib": probe_peak_mib(next(j for j in JOBS if j.key == key), side, bench)}))
+        return
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hyperiqa_benchmark_") as workdir:
+        bench = Workbench(args, device, Path(workdir))
+        jobs = [job for job in JOBS if job.key in args.jobs]
+        results = []
+        for job in jobs:
+            print(f"timing {job.key} ...", file=sys.stderr, flush=True)
+            results.append(measure(job, bench, args))
+        if device.type == "cpu" and not args.no_memory:
+            peaks = cpu_peaks_in_fresh_processes([job.key for job in jobs], args, Path(workdir))
+            results = [r._replace(peak_mib={side: peaks[r.job.key, side] for side in SIDES}) for r in results]
+    chunk = args.chunk_size or attacks.default_chunk_size(device)
+    print(f"Device: {describe_device(device)}; PyTorch {torch.__version__}")
+    print(f"Batch size {args.batch_size}, attack/scoring chunk {chunk}, loader workers {args.num_workers}, "
+          f"{args.images} images x {PATCHES_PER_IMAGE} patches per epoch; median of {args.repeats} runs "
+          f"({args.long_repeats} for 10 steps) after {args.warmup} warm-up")
+    print()
+    print(table(results))
+    print()
+    for r in results:
+        if r.job.key == "loading":
+            ours = f"{r.decodes['ours']:g}" if r.decodes["ours"] else "not counted (decoded in worker processes)"
+            print(f"Decodes per image and epoch (data loading): ours {ours}, released {r.decodes['released']:g}")
+    print("Seconds per run (ours | released):")
+    for r in results:
+        print(f"  {r.job.key}: " + " ".join(f"{t:.3f}" for t in r.times["ours"]) + " | "
+              + " ".join(f"{t:.3f}" for t in r.times["released"]))
+    print(f"Total {time.perf_counter() - started:.0f} s: python benchmark.py {' '.join(sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    cli.run_main(main, parse_args())
