@@ -58,7 +58,7 @@ import attacks
 import cli
 import data_loader
 import models
-from data_loader import default_num_workers, make_train_loader
+from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from folders import Sample
 from HyperIQASolver import HyperIQASolver, TrainConfig, build_optimizer, parameter_groups, released_three_pass_nt_loss
 
@@ -492,7 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=cli.nonnegative_int, default=1, help="untimed runs per job and side first")
     parser.add_argument("--images", type=cli.positive_int, default=40,
                         help="500x500 JPEGs in the loading epoch (x 25 patches each)")
-    parser.add_argument("--num_workers", type=cli.nonnegative_int, default=default_num_workers(),
+    parser.add_argument("--num_workers", type=cli.nonnegative_int, default=DEFAULT_NUM_WORKERS,
                         help="our loader's worker processes in the 'loading' job (default: the training script's)")
     parser.add_argument("--chunk_size", type=cli.positive_int, default=None,
                         help="our patches per forward/backward pass in scoring, gradient norms and attacks "

@@ -374,10 +374,9 @@ def make_test_loader(samples: Sequence[Sample], dataset: str, patch_num: int, ba
     return PatchLoader(samples, dataset, patch_num, batch_size, False, seed, num_workers, device)
 
 
-def default_num_workers() -> int:
-    """Loader worker processes by default: none. Each image being decoded once per epoch, this process
-    cuts and converts an image's patches (about 3 ms for a 500x500 JPEG) faster than a worker hands
-    them over through shared memory: benchmark.py measured an epoch of 40 such images at 0.13 s without
-    workers and 0.53 s with one (2 cores); 0.20 s without and 0.31-0.43 s with four (16 cores). Workers
-    pay off only where decoding dominates (much larger images): --num_workers."""
-    return 0
+# Loader worker processes by default: none. Each image being decoded once per epoch, the main process
+# cuts and converts an image's patches (about 3 ms for a 500x500 JPEG) faster than a worker hands them
+# over through shared memory: benchmark.py measured an epoch of 40 such images at 0.13 s without workers
+# and 0.53 s with one (2 cores); 0.20 s without and 0.31-0.43 s with four (16 cores). Workers pay off
+# only where decoding dominates (much larger images): --num_workers.
+DEFAULT_NUM_WORKERS = 0

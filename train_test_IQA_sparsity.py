@@ -19,7 +19,7 @@ import numpy as np
 
 import folders
 from cli import nonnegative_float, nonnegative_int, positive_float, positive_int, run_main
-from data_loader import DEFAULT_SEED, default_num_workers
+from data_loader import DEFAULT_SEED, DEFAULT_NUM_WORKERS
 from HyperIQASolver import NT_MODES, SCHEDULES, TrainConfig, resume_state_path, train_and_test
 from models import PATCH_SIZE, checkpoint_name, select_device
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="random patches cut from each test image; the image's prediction is their mean")
     data.add_argument("--patch_size", type=hyperiqa_patch_size, default=PATCH_SIZE,
                       help="side of the square patches in pixels; HyperIQA accepts only 224")
-    data.add_argument("--num_workers", type=nonnegative_int, default=default_num_workers(),
+    data.add_argument("--num_workers", type=nonnegative_int, default=DEFAULT_NUM_WORKERS,
                       help="processes that decode images ahead of the model (0: decode in the main process)")
 
     train = parser.add_argument_group("training")
