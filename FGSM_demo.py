@@ -54,13 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save_dir", default=None,
                         help="where to save the adversarial patches "
                              "(default adv_images_patches/IFGSM_{model}_{eps}_{step}_{patch_num})")
-    parser.add_argument("--upscale_small", action="store_true",
-                        help="upscale an image smaller than 224 on a side (bicubic, shorter side to 224) "
-                             "instead of stopping with an error")
-    parser.add_argument("--chunk_size", type=cli.positive_int, default=None,
-                        help="patches per forward/backward pass (memory vs speed; results do not change); "
-                             f"default by device: {attacks.CPU_CHUNK_SIZE} on CPU, {attacks.CUDA_CHUNK_SIZE} on CUDA")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    cli.add_upscale_small_argument(parser)
+    cli.add_chunk_size_argument(parser, attacks.CPU_CHUNK_SIZE, attacks.CUDA_CHUNK_SIZE)
+    cli.add_device_argument(parser)
     parser.add_argument("--seed", type=cli.nonnegative_int, default=DEFAULT_SEED, help="seed of the patch positions")
     return parser.parse_args(argv)
 

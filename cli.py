@@ -50,6 +50,25 @@ def _parse(text: str, kind: type, what: str):
     return value
 
 
+def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--device, read by models.select_device."""
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+
+
+def add_chunk_size_argument(parser: argparse.ArgumentParser, cpu_default: int, cuda_default: int) -> None:
+    """--chunk_size of the scripts that score or attack patches (attacks.default_chunk_size when omitted)."""
+    parser.add_argument("--chunk_size", type=positive_int, default=None,
+                        help="patches per forward/backward pass (memory vs speed; results do not change); "
+                             f"default by device: {cpu_default} on CPU, {cuda_default} on CUDA")
+
+
+def add_upscale_small_argument(parser: argparse.ArgumentParser) -> None:
+    """--upscale_small of the scripts that cut patches from one image file (data_loader.image_patches)."""
+    parser.add_argument("--upscale_small", action="store_true",
+                        help="upscale an image smaller than 224 on a side (bicubic, shorter side to 224) "
+                             "instead of stopping with an error")
+
+
 def run_main(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
     """Call `main(args)` and exit: 0 on success; 1 with `prog: error: message` on a ValueError or
     OSError (bad input, missing file, unreadable checkpoint); 130 on Ctrl-C. Set HYPERIQA_DEBUG=1 to

@@ -86,10 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=cli.positive_int, default=None, help="use only the first N images")
     parser.add_argument("--out_dir", default=os.path.join("results", "robustness"),
                         help="folder for robustness.csv and robustness.json (overwritten)")
-    parser.add_argument("--chunk_size", type=cli.positive_int, default=None,
-                        help="patches per forward/backward pass (memory vs speed; results do not change); "
-                             f"default by device: {attacks.CPU_CHUNK_SIZE} on CPU, {attacks.CUDA_CHUNK_SIZE} on CUDA")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    cli.add_chunk_size_argument(parser, attacks.CPU_CHUNK_SIZE, attacks.CUDA_CHUNK_SIZE)
+    cli.add_device_argument(parser)
     parser.add_argument("--seed", type=cli.nonnegative_int, default=DEFAULT_SEED,
                         help="seed of the split, the patches and the PGD starts")
     args = parser.parse_args(argv)

@@ -45,13 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of saved crops {name}_{index}.bmp (the released demo's fixed crops)")
     parser.add_argument("--baseline_checkpoint", default=BASELINE_CHECKPOINT, help="HyperIQA checkpoint")
     parser.add_argument("--nt_checkpoint", default=NT_CHECKPOINT, help="HyperIQA+NT checkpoint")
-    parser.add_argument("--upscale_small", action="store_true",
-                        help="upscale an image smaller than 224 on a side (bicubic, shorter side to 224) "
-                             "instead of stopping with an error")
-    parser.add_argument("--chunk_size", type=cli.positive_int, default=None,
-                        help="patches per forward/backward pass (memory vs speed; results do not change); "
-                             f"default by device: {attacks.CPU_CHUNK_SIZE} on CPU, {attacks.CUDA_CHUNK_SIZE} on CUDA")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    cli.add_upscale_small_argument(parser)
+    cli.add_chunk_size_argument(parser, attacks.CPU_CHUNK_SIZE, attacks.CUDA_CHUNK_SIZE)
+    cli.add_device_argument(parser)
     parser.add_argument("--seed", type=cli.nonnegative_int, default=DEFAULT_SEED, help="seed of the patch positions")
     return parser.parse_args(argv)
 

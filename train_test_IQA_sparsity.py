@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import folders
-from cli import nonnegative_float, nonnegative_int, positive_float, positive_int, run_main
+from cli import add_device_argument, nonnegative_float, nonnegative_int, positive_float, positive_int, run_main
 from data_loader import DEFAULT_SEED, DEFAULT_NUM_WORKERS
 from HyperIQASolver import NT_MODES, SCHEDULES, TrainConfig, resume_state_path, train_and_test
 from models import PATCH_SIZE, checkpoint_name, select_device
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "every 6 epochs")
     train.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED,
                        help="seed of the split, the patches and the initial weights")
-    train.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    add_device_argument(train)
     train.add_argument("--no_pretrained", action="store_true",
                        help="initialize the backbone from scratch instead of with ImageNet ResNet-50 weights")
     train.add_argument("--backbone_weights", default=None,

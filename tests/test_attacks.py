@@ -2,33 +2,20 @@
 numbers (tests/fixtures) with the recipe weights loaded from checkpoints as the demos load them."""
 import pytest
 import torch
-import torch.nn as nn
 
 import attacks
 import models
 from tests import recipe
+from tests.stand_in import StandInScoreModel
 
 PIXEL_TOL = 1e-6
 FGSM_ATOL = 1e-3  # fixtures README: sign flips where a gradient entry is near 0
 FIXTURE_RTOL = 1e-4
 
 
-class StandIn(nn.Module):
-    """Normalized images (B, 3, H, W) -> scores (B,) around 50; BatchNorm makes train/eval differ."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Tanh())
-        self.head = nn.Linear(8, 1)
-
-    def forward(self, x):
-        return 50 + 20 * self.head(self.features(x).mean(dim=(2, 3))).view(x.shape[0])
-
-
 @pytest.fixture
 def model():
-    return StandIn()
+    return StandInScoreModel()
 
 
 @pytest.fixture

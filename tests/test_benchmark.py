@@ -6,31 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
 import attacks
 import benchmark
 import data_loader
+from tests.stand_in import StandInScoreModel
 
 MAIN = Path(__file__).resolve().parents[1]
 
 
-class TinyScoreModel(nn.Module):
-    """Normalized images (B, 3, H, W) -> scores (B,) spread around 50, with BatchNorm."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Tanh())
-        self.head = nn.Linear(8, 1)
-
-    def forward(self, x):
-        return 50 + 200 * self.head(self.features(x).mean(dim=(2, 3))).view(x.shape[0])
-
-
 @pytest.fixture
 def model():
-    return TinyScoreModel().eval()
+    return StandInScoreModel(spread=200.0).eval()
 
 
 @pytest.fixture
