@@ -459,7 +459,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # e.g. a full disk: say which file could not be written
+            message = f"cannot write {path}: {exc.strerror or exc}"
+            raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from None
         raise
