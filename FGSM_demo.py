@@ -20,13 +20,10 @@ import torch
 import attacks
 import cli
 import models
-from data_loader import DEFAULT_SEED, image_patches, seed_everything, tensor_to_image
+from images import tensor_to_image
+from patches import image_patches
+from seeding import DEFAULT_SEED, seed_everything
 
-CHECKPOINT_DIR = "checkpoints"
-DEMO_CHECKPOINTS = {  # the released demos' models, trained on LIVEC with batch size 16
-    "NT": os.path.join(CHECKPOINT_DIR, models.checkpoint_name("livec", 16, True, 1e-3, 0.01)),
-    "baseline": os.path.join(CHECKPOINT_DIR, models.checkpoint_name("livec", 16, False)),
-}
 RELEASED_DEMO_MOS = {"123.bmp": 67.29775, "447.bmp": 25.33146}  # LIVEC MOS of the released demo images
 
 
@@ -34,17 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--img_name", default="123.bmp", help="path of the image to attack")
-    parser.add_argument("--attacked_model", choices=sorted(DEMO_CHECKPOINTS), default="NT",
-                        help="which released LIVEC model to attack: NT loads " + DEMO_CHECKPOINTS["NT"]
-                             + ", baseline loads " + DEMO_CHECKPOINTS["baseline"])
+    parser.add_argument("--attacked_model", choices=sorted(cli.DEMO_CHECKPOINTS), default="NT",
+                        help="which released LIVEC model to attack: NT loads " + cli.DEMO_CHECKPOINTS["NT"]
+                             + ", baseline loads " + cli.DEMO_CHECKPOINTS["baseline"])
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint to attack instead of the one chosen by --attacked_model")
-    parser.add_argument("--eps", type=cli.positive_float, default=attacks.DEFAULT_EPS,
-                        help="l_inf bound of the perturbation, in [0, 1] pixel units (0.03 ~ 8/255)")
-    parser.add_argument("--alp", "--alpha", dest="alp", type=cli.positive_float, default=attacks.DEFAULT_ALPHA,
-                        help="step size of each I-FGSM step, in [0, 1] pixel units")
-    parser.add_argument("--step", "--steps", dest="step", type=cli.positive_int, default=attacks.DEFAULT_STEPS,
-                        help="number of I-FGSM steps")
+    cli.add_attack_arguments(parser)
     parser.add_argument("--patch_num", type=cli.positive_int, default=25,
                         help="number of random 224x224 patches to attack (1 for a 224x224 image)")
     parser.add_argument("--mos", type=float, default=None,
@@ -55,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where to save the adversarial patches "
                              "(default adv_images_patches/IFGSM_{model}_{eps}_{step}_{patch_num})")
     cli.add_upscale_small_argument(parser)
-    cli.add_chunk_size_argument(parser, attacks.CPU_CHUNK_SIZE, attacks.CUDA_CHUNK_SIZE)
+    cli.add_chunk_size_argument(parser)
     cli.add_device_argument(parser)
     parser.add_argument("--seed", type=cli.nonnegative_int, default=DEFAULT_SEED, help="seed of the patch positions")
     return parser.parse_args(argv)
@@ -66,7 +58,7 @@ def main(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     patches = image_patches(args.img_name, args.patch_num, models.PATCH_SIZE,
                             torch.Generator().manual_seed(args.seed), args.upscale_small)
-    checkpoint = args.checkpoint or DEMO_CHECKPOINTS[args.attacked_model]
+    checkpoint = args.checkpoint or cli.DEMO_CHECKPOINTS[args.attacked_model]
     model = models.load_hyperiqa(checkpoint, device)
     label = Path(checkpoint).stem if args.checkpoint else args.attacked_model
     save_dir = Path(args.save_dir or os.path.join(

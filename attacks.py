@@ -30,20 +30,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Callable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 from PIL import Image
 
 import models
-from data_loader import image_to_tensor, tensor_to_image
-
-ScoreModel = Callable[[torch.Tensor], torch.Tensor]  # normalized images (B, 3, H, W) -> scores (B,)
+from images import image_to_tensor, tensor_to_image
+from models import ScoreModel
 
 DEFAULT_SCORE_MIDDLE = 50.0  # middle of LIVEC's 0-100 MOS range: the released direction threshold
 DEFAULT_EPS = 0.03  # l_inf radius in [0, 1] pixel units (about 8 / 255), the released default
 DEFAULT_ALPHA = 0.01  # step size in pixel units, the released default
 DEFAULT_STEPS = 1  # the released default: one step of 0.01
+PGD_STEPS = 10  # PGD's default number of steps in a sweep
+PGD_STEP_FRACTION = 2.5  # PGD's default step size: 2.5 * eps / steps (Madry et al.), so the steps can cross the ball
 # Images per forward/backward pass, by device (`default_chunk_size`). CPU: on 2 cores of an Intel Xeon,
 # chunks of 1, 2, 4, 8, 13 and 25 HyperIQA patches gave 6.4, 7.7, 8.7, 9.7, 9.3 and 8.3 input gradients
 # per second; a chunk of 8 needs about 1.1 GB for its backward.
@@ -167,6 +168,20 @@ def pgd(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha
 
 
 ATTACKS = ("fgsm", "ifgsm", "pgd")
+
+
+def attack_settings(name: str, eps: float, alpha: float | None = None, steps: int | None = None) -> tuple[float, int]:
+    """(step size, steps) that attack `name` runs with at `eps`, `alpha` and `steps` filling in what
+    is given: fgsm is one step of eps; ifgsm defaults to the released demo's one step of 0.01;
+    pgd to PGD_STEPS steps of PGD_STEP_FRACTION * eps / steps."""
+    if name == "fgsm":
+        return eps, 1
+    if name == "ifgsm":
+        return (DEFAULT_ALPHA if alpha is None else alpha), (DEFAULT_STEPS if steps is None else steps)
+    if name == "pgd":
+        steps = PGD_STEPS if steps is None else steps
+        return (PGD_STEP_FRACTION * eps / steps if alpha is None else alpha), steps
+    raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
 
 
 def run_attack(name: str, model: ScoreModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int,

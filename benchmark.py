@@ -14,7 +14,8 @@ below). Both get the same inputs on the same device:
 | NT, same setup | the same | three passes with our model and optimizer: the gain of the shared forward alone |
 | training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
 | scoring, gradient norms, I-FGSM on the 25 patches of an image | `attacks`, batched in chunks (`--chunk_size`, default by device) | one patch at a time |
-| data loading, an epoch | `data_loader.make_train_loader`: each image decoded once, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
+| data loading, first epoch | a new `data_loader.make_train_loader`: image headers read, each image decoded once and kept, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
+| data loading, later epochs | the same loader's next epochs: the decoded images are held in memory, none is decoded again | the same as its first epoch |
 
 The released one-patch loops are written generously: gradients are taken with respect to the input
 only (the released demos also computed parameter gradients) and the attack direction comes from the
@@ -50,106 +51,24 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision.transforms as T
 from PIL import Image
 
 import attacks
 import cli
-import data_loader
 import models
 from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from folders import Sample
-from HyperIQASolver import HyperIQASolver, TrainConfig, build_optimizer, parameter_groups, released_three_pass_nt_loss
+from HyperIQASolver import build_optimizer, train_step
+from images import load_image
+from released_reference import (RELEASED_PATCH_NUM, ReleasedPatchDataset, released_gradient_norms,
+                                released_iterative_fgsm, released_scores, released_train_step)
+from train_config import TrainConfig
 
-PATCHES_PER_IMAGE = 25  # the released train/test patch number: one image's worth of patches
+PATCHES_PER_IMAGE = RELEASED_PATCH_NUM  # one image's worth of patches
 LIVEC_SIDE = 500  # LIVEC's photos are 500x500 JPEGs
 JPEG_QUALITY = 90
 QUICK = dict(repeats=1, long_repeats=1, warmup=1, images=8)
 Call = Callable[[], object]
-
-
-# ---------------------------------------------------------------------------------------------
-# The released way, written out
-
-
-def released_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                        mos: torch.Tensor, nt: bool, config: TrainConfig) -> float:
-    """One released training step on normalized images (B, 3, 224, 224) and mos (B,): L1 loss, or with
-    `nt` the three-pass NT loss. Returns the loss value."""
-    optimizer.zero_grad()
-    if nt:
-        loss = released_three_pass_nt_loss(model, images, mos, config.weight, config.h).total
-    else:
-        loss = F.l1_loss(model(images), mos)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
-
-def released_adam(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Adam:
-    """The released optimizer: PyTorch's default Adam, hyper network at lr * lr_ratio, backbone at lr."""
-    hyper, backbone = parameter_groups(model)
-    return torch.optim.Adam([{"params": hyper, "lr": config.lr * config.lr_ratio},
-                             {"params": backbone, "lr": config.lr}], weight_decay=config.weight_decay)
-
-
-def released_scores(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """Scores (N,) of pixel patches (N, 3, 224, 224) in [0, 1], one patch per forward."""
-    with torch.no_grad():
-        return torch.cat([model(models.normalize(patch.unsqueeze(0))) for patch in pixels])
-
-
-def released_gradient_norms(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """l1 norms (N,) of d score / d normalized input, one patch per forward and backward."""
-    norms = []
-    for patch in pixels:
-        normalized = models.normalize(patch.unsqueeze(0)).requires_grad_(True)
-        (grad,) = torch.autograd.grad(model(normalized).sum(), normalized)
-        norms.append(grad.abs().sum())
-    return torch.stack(norms)
-
-
-def released_iterative_fgsm(model: torch.nn.Module, pixels: torch.Tensor, steps: int,
-                            eps: float = attacks.DEFAULT_EPS, alpha: float = attacks.DEFAULT_ALPHA,
-                            middle: float = attacks.DEFAULT_SCORE_MIDDLE) -> torch.Tensor:
-    """Iterative FGSM (N, 3, 224, 224) -> adversarial patches, one patch at a time, as the released demo."""
-    adversarial = []
-    for patch in pixels:
-        clean = patch.unsqueeze(0)
-        image, direction = clean.clone(), None
-        for _ in range(steps):
-            image.requires_grad_(True)
-            score = model(models.normalize(image))
-            if direction is None:
-                direction = attacks.LOWER if score.item() > middle else attacks.RAISE
-            (grad,) = torch.autograd.grad(score.sum() * direction, image)
-            with torch.no_grad():
-                image = torch.min(torch.max(image + alpha * grad.sign(), clean - eps), clean + eps).clamp_(0.0, 1.0)
-        adversarial.append(image.detach())
-    return torch.cat(adversarial)
-
-
-class ReleasedPatchDataset(torch.utils.data.Dataset):
-    """The released training data set: each image listed PATCHES_PER_IMAGE times; every item opens and
-    decodes its image again and applies the released LIVEC training transforms (random horizontal
-    flip, random 224x224 crop, ToTensor, ImageNet Normalize). `decodes` counts the decodes."""
-
-    def __init__(self, samples: list[Sample]):
-        self.items = [(s.path, s.mos) for s in samples for _ in range(PATCHES_PER_IMAGE)]
-        self.transform = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(models.PATCH_SIZE), T.ToTensor(),
-                                    T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
-        self.decodes = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, float]:
-        path, mos = self.items[index]
-        with open(path, "rb") as f:  # the released pil_loader
-            img = Image.open(f).convert("RGB")
-        self.decodes += 1
-        return self.transform(img), mos
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,14 +139,14 @@ class Workbench:
         return write_livec_like_folder(self.workdir / "livec_like", self.args.images)
 
     def solver_step(self, if_grad: bool, nt_mode: str = "finite_difference") -> Call:
-        """Our training step (`HyperIQASolver.train_step`) on a fresh model built as training builds it."""
+        """Our training step (`HyperIQASolver.train_step`) on a fresh model and optimizer built as
+        training builds them."""
         torch.manual_seed(0)
         config = TrainConfig(batch_size=self.args.batch_size, if_grad=if_grad, nt_mode=nt_mode)
-        unused = [Sample("unused.jpg", 50.0, "unused.jpg")]  # the loaders are never read here
-        solver = HyperIQASolver(config, unused, unused, models.build_model(device=self.device), self.device,
-                                self.workdir / "unused.pth")
+        model = models.build_model(device=self.device).train()
+        optimizer = build_optimizer(model, config, 0)
         images, mos = self.batch
-        return lambda: solver.train_step(images, mos, epoch=0)
+        return lambda: train_step(model, optimizer, images, mos, config)
 
     def released_step(self, nt: bool, our_setup: bool = False) -> Call:
         """The released training step on a fresh model: NCHW and default Adam, or with `our_setup` our
@@ -235,33 +154,31 @@ class Workbench:
         torch.manual_seed(0)
         if our_setup:
             model = models.build_model(device=self.device).train()
-            optimizer = build_optimizer(model, self.config, 0)
         else:
             model = models.HyperIQA().to(self.device).train()
             models.init_backbone_from_scratch(model.res)
-            optimizer = released_adam(model, self.config)
+        optimizer = build_optimizer(model, self.config, 0)  # the released Adam under the released schedule
         images, mos = self.batch
         return lambda: released_train_step(model, optimizer, images, mos, nt, self.config)
 
-    def our_epoch(self, num_workers: int) -> Call:
-        """An epoch of our training loader (batches normalized, on the device). Decodes in this process
-        are counted in `decodes` (those of worker processes are not)."""
-        loader = make_train_loader(self.samples, "livec", PATCHES_PER_IMAGE, self.args.batch_size,
-                                   num_workers=num_workers, device=self.device)
-        decode = data_loader.load_image
+    def counted_decode(self, path: str) -> Image.Image:
+        """Our loader's decoder, counting in `decodes` (decodes in worker processes are not counted)."""
+        self.decodes["ours"] += 1
+        return load_image(path)
 
-        def counted_decode(path: str) -> Image.Image:
-            self.decodes["ours"] += 1
-            return decode(path)
+    def our_epoch(self, num_workers: int, first: bool) -> Call:
+        """An epoch of our training loader (batches normalized, on the device): with `first`, a new
+        loader's first epoch (headers read, every image decoded once); else a later epoch, the decoded
+        images held in memory from the warm-up run."""
+        def new_loader():
+            return make_train_loader(self.samples, "livec", PATCHES_PER_IMAGE, self.args.batch_size,
+                                     num_workers=num_workers, device=self.device, decode=self.counted_decode)
+        held = None if first else new_loader()
 
         def epoch() -> None:
             self.epoch += 1
-            data_loader.load_image = counted_decode
-            try:
-                for _ in loader.batches(self.epoch):
-                    pass
-            finally:
-                data_loader.load_image = decode
+            for _ in (new_loader() if first else held).batches(self.epoch):
+                pass
         return epoch
 
     def released_epoch(self) -> Call:
@@ -332,8 +249,10 @@ JOBS = (
     Job("fgsm10", "I-FGSM 10 steps, 25 patches", _per_image,
         _ours(lambda b, m, x: attacks.iterative_fgsm(m, x, steps=10, chunk_size=b.args.chunk_size)),
         _released(functools.partial(released_iterative_fgsm, steps=10)), warm_with="fgsm1", long=True),
-    Job("loading", "data loading, epoch", _per_epoch,
-        lambda b: b.our_epoch(b.args.num_workers), lambda b: b.released_epoch()),
+    Job("loading", "data loading, first epoch", _per_epoch,
+        lambda b: b.our_epoch(b.args.num_workers, first=True), lambda b: b.released_epoch()),
+    Job("loading_later", "data loading, later epochs", _per_epoch,
+        lambda b: b.our_epoch(b.args.num_workers, first=False), lambda b: b.released_epoch()),
 )
 JOB_KEYS = tuple(job.key for job in JOBS)
 SIDES = ("ours", "released")
@@ -392,7 +311,6 @@ def measure(job: Job, bench: Workbench, args: argparse.Namespace) -> Result:
         warm_job = next(j for j in JOBS if j.key == job.warm_with)
         warm = {"ours": warm_job.ours(bench), "released": warm_job.released(bench)}
     peak: dict[str, float | None] = {side: None for side in SIDES}
-    decodes_before = dict(bench.decodes)
     if bench.device.type == "cuda" and not args.no_memory:
         for side in SIDES:
             peak[side] = _cuda_peak_mib(calls[side])
@@ -400,11 +318,11 @@ def measure(job: Job, bench: Workbench, args: argparse.Namespace) -> Result:
         for _ in range(args.warmup):
             warm[side]()
     times: dict[str, list[float]] = {side: [] for side in SIDES}
+    decodes_before = dict(bench.decodes)
     for run in range(args.long_repeats if job.long else args.repeats):
         for side in SIDES if run % 2 == 0 else SIDES[::-1]:
             times[side].append(_timed(calls[side], sync))
-    runs = len(times["ours"]) + args.warmup + (bench.device.type == "cuda" and not args.no_memory)
-    decodes = {side: (bench.decodes[side] - decodes_before[side]) / (runs * args.images) for side in SIDES}
+    decodes = {side: (bench.decodes[side] - decodes_before[side]) / (len(times[side]) * args.images) for side in SIDES}
     return Result(job, job.patches(bench), times, peak, decodes)
 
 
@@ -540,9 +458,11 @@ def main(args: argparse.Namespace) -> None:
     print(table(results))
     print()
     for r in results:
-        if r.job.key == "loading":
-            ours = f"{r.decodes['ours']:g}" if r.decodes["ours"] else "not counted (decoded in worker processes)"
-            print(f"Decodes per image and epoch (data loading): ours {ours}, released {r.decodes['released']:g}")
+        if r.job.key.startswith("loading"):
+            ours = f"{r.decodes['ours']:g}"
+            if args.num_workers and r.job.key == "loading":
+                ours = "not counted (decoded in worker processes)"
+            print(f"Decodes per image and epoch ({r.job.label}): ours {ours}, released {r.decodes['released']:g}")
     print("Seconds per run (ours | released):")
     for r in results:
         print(f"  {r.job.key}: " + " ".join(f"{t:.3f}" for t in r.times["ours"]) + " | "

@@ -1,15 +1,27 @@
 """Command-line plumbing shared by the entry-point scripts: argument types that reject invalid values
-with a message saying what is valid, and `run_main`, which turns expected errors into one line on
-stderr and a non-zero exit status instead of a traceback."""
+with a message saying what is valid, the flags several scripts share (device, chunk size, small
+images, attacks), the default checkpoint paths, and `run_main`, which turns expected errors into one
+line on stderr and a non-zero exit status instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Callable
 
+import attacks
+from train_config import TrainConfig
+
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+
+CHECKPOINT_DIR = "checkpoints"  # where the scripts read and write checkpoints by default
+_LIVEC = TrainConfig(dataset="livec")  # the released demos' models: LIVEC, released batch size, paper's NT
+DEMO_CHECKPOINTS = {
+    "NT": os.path.join(CHECKPOINT_DIR, dataclasses.replace(_LIVEC, if_grad=True).checkpoint_name()),
+    "baseline": os.path.join(CHECKPOINT_DIR, _LIVEC.checkpoint_name()),
+}
 
 
 def positive_float(text: str) -> float:
@@ -55,11 +67,30 @@ def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
 
 
-def add_chunk_size_argument(parser: argparse.ArgumentParser, cpu_default: int, cuda_default: int) -> None:
+def add_chunk_size_argument(parser: argparse.ArgumentParser) -> None:
     """--chunk_size of the scripts that score or attack patches (attacks.default_chunk_size when omitted)."""
     parser.add_argument("--chunk_size", type=positive_int, default=None,
                         help="patches per forward/backward pass (memory vs speed; results do not change); "
-                             f"default by device: {cpu_default} on CPU, {cuda_default} on CUDA")
+                             f"default by device: {attacks.CPU_CHUNK_SIZE} on CPU, {attacks.CUDA_CHUNK_SIZE} on CUDA")
+
+
+def add_attack_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """--eps, --alp/--alpha and --step/--steps of the scripts that attack. One eps and the released
+    demo's defaults (one step of 0.01); with `sweep`, several eps and per-attack defaults for the
+    step size and the number of steps (attacks.attack_settings)."""
+    if sweep:
+        parser.add_argument("--eps", nargs="+", type=positive_float, default=[attacks.DEFAULT_EPS],
+                            help="l_inf bounds, in [0, 1] pixel units (0.03 ~ 8/255)")
+    else:
+        parser.add_argument("--eps", type=positive_float, default=attacks.DEFAULT_EPS,
+                            help="l_inf bound of the perturbation, in [0, 1] pixel units (0.03 ~ 8/255)")
+    parser.add_argument("--alp", "--alpha", dest="alp", type=positive_float,
+                        default=None if sweep else attacks.DEFAULT_ALPHA,
+                        help="step size of each iterative step, in [0, 1] pixel units"
+                             + ("; default per attack (attacks.attack_settings)" if sweep else ""))
+    parser.add_argument("--step", "--steps", dest="step", type=positive_int,
+                        default=None if sweep else attacks.DEFAULT_STEPS,
+                        help="number of iterative steps" + ("; default per attack (attacks.attack_settings)" if sweep else ""))
 
 
 def add_upscale_small_argument(parser: argparse.ArgumentParser) -> None:

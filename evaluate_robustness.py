@@ -5,8 +5,9 @@
         --attack fgsm ifgsm --eps 0.01 0.03
     python evaluate_robustness.py --dataset folder --dataset_path my_images/ --checkpoint a.pth --patch_num 5
 
-For every image: `--patch_num` seeded random 224x224 patches (the test patches the training script
-would draw at epoch 0, with the released test transform), the clean scores and the l1 gradient norm
+For every image: `--patch_num` seeded random 224x224 patches (with the same --seed and --round, the
+very patches the training script's test loader draws at its first epoch, with the released test
+transform), the clean scores and the l1 gradient norm
 (normalized input space) of each checkpoint, then every attack at every eps. An image's score is the
 mean over its patches; attacked images are scored as saved (rounded to 8 bits), and with
 `--jpeg_quality Q` after JPEG re-compression. Printed and saved (`--out_dir`/robustness.csv and .json,
@@ -41,10 +42,11 @@ import cli
 import folders
 import metrics
 import models
-from data_loader import DEFAULT_SEED, ImagePatches, seed_everything, seeded_generator, split_samples
+import seeding
+from data_loader import make_test_loader
+from splits import split_samples
 
 FOLDER = "folder"  # --dataset value for a plain folder of images without MOS
-ATTACK_STREAM = 100  # random stream of PGD starts, apart from data_loader's split/patch streams
 COLUMNS = ("model", "attack", "eps", "alpha", "steps", "jpeg_quality", "images", "clean_srocc", "clean_plcc",
            "attacked_srocc", "attacked_plcc", "srocc", "plcc", "krocc", "rmse", "mae", "R", "grad_norm")
 
@@ -66,14 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--round", dest="round_index", type=cli.nonnegative_int, default=0,
                         help="training round whose split to use (0 for the first)")
     parser.add_argument("--attack", nargs="+", choices=attacks.ATTACKS, default=["ifgsm"],
-                        help="attacks: fgsm (one step of eps), ifgsm (--step steps of --alp, the demo's), "
-                             "pgd (ifgsm from a random start in the eps-ball)")
-    parser.add_argument("--eps", nargs="+", type=cli.positive_float, default=[attacks.DEFAULT_EPS],
-                        help="l_inf bounds, in [0, 1] pixel units")
-    parser.add_argument("--alp", "--alpha", dest="alp", type=cli.positive_float, default=attacks.DEFAULT_ALPHA,
-                        help="step size of ifgsm and pgd, in [0, 1] pixel units")
-    parser.add_argument("--step", "--steps", dest="step", type=cli.positive_int, default=attacks.DEFAULT_STEPS,
-                        help="number of steps of ifgsm and pgd")
+                        help="attacks: fgsm (one step of eps), ifgsm (--step steps of --alp; by default the demo's "
+                             f"one step of {attacks.DEFAULT_ALPHA}), pgd (ifgsm from a random start in the eps-ball; "
+                             f"by default {attacks.PGD_STEPS} steps of {attacks.PGD_STEP_FRACTION} * eps / steps)")
+    cli.add_attack_arguments(parser, sweep=True)
     parser.add_argument("--patch_num", type=cli.positive_int, default=25,
                         help="random 224x224 patches per image (25 as the released test)")
     parser.add_argument("--score_range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
@@ -86,9 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=cli.positive_int, default=None, help="use only the first N images")
     parser.add_argument("--out_dir", default=os.path.join("results", "robustness"),
                         help="folder for robustness.csv and robustness.json (overwritten)")
-    cli.add_chunk_size_argument(parser, attacks.CPU_CHUNK_SIZE, attacks.CUDA_CHUNK_SIZE)
+    cli.add_chunk_size_argument(parser)
     cli.add_device_argument(parser)
-    parser.add_argument("--seed", type=cli.nonnegative_int, default=DEFAULT_SEED,
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=seeding.DEFAULT_SEED,
                         help="seed of the split, the patches and the PGD starts")
     args = parser.parse_args(argv)
     if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 95:
@@ -154,15 +152,17 @@ def format_table(rows: list[dict]) -> str:
 
 def main(args: argparse.Namespace) -> None:
     device = models.select_device(args.device)
-    seed_everything(args.seed)
+    seeding.seed_everything(args.seed)
     samples = evaluation_samples(args)
     low, high = args.score_range or folders.SCORE_RANGES.get(args.dataset, (0.0, 100.0))
     middle = (low + high) / 2 if args.score_middle is None else args.score_middle
     names = [str(path) if [Path(p).stem for p in args.checkpoint].count(Path(path).stem) > 1 else Path(path).stem
              for path in args.checkpoint]
     nets = [models.load_hyperiqa(path, device) for path in args.checkpoint]  # fail early on a bad checkpoint
-    settings = [(attack, eps) for attack in args.attack for eps in args.eps]
-    patch_source = ImagePatches(samples, args.dataset, args.patch_num, train=False, seed=args.seed)
+    settings = [(attack, eps, *attacks.attack_settings(attack, eps, args.alp, args.step))
+                for attack in args.attack for eps in args.eps]  # (attack, eps, step size, steps)
+    # The training script's test loader of this seed and round: its first epoch's patches.
+    patch_source = make_test_loader(samples, args.dataset, args.patch_num, args.patch_num, args.seed, args.round_index)
 
     def defended(pixels: torch.Tensor) -> torch.Tensor:  # what the model is shown: JPEG-recompressed or not
         return attacks.jpeg_recompress(pixels, args.jpeg_quality) if args.jpeg_quality else pixels
@@ -175,15 +175,16 @@ def main(args: argparse.Namespace) -> None:
           f"{len(settings)} attack setting(s), on {device}", file=sys.stderr, flush=True)
     started, report_every = time.monotonic(), max(1, len(samples) // 20)
     for index in range(len(samples)):
-        pixels = patch_source.patches(index, epoch=0).to(device).float().div_(255.0)
+        pixels = patch_source.patches_of(index, epoch=0).to(device).float().div_(255.0)
         for k, net in enumerate(nets):
             scores, grad_norms = attacks.scores_and_gradient_norms(net, pixels, args.chunk_size)
             if args.jpeg_quality:
                 scores = attacks.score_patches(net, defended(pixels), args.chunk_size)
             clean[k, index], norms[k, index] = scores.mean().item(), grad_norms.mean().item()
-            for a, (attack, eps) in enumerate(settings):
-                result = attacks.run_attack(attack, net, pixels, eps, args.alp, args.step, middle,
-                                            seeded_generator(args.seed, ATTACK_STREAM, index), args.chunk_size)
+            for a, (attack, eps, alpha, steps) in enumerate(settings):
+                result = attacks.run_attack(attack, net, pixels, eps, alpha, steps, middle,
+                                            seeding.seeded_generator(args.seed, seeding.ATTACK_START, index),
+                                            args.chunk_size)
                 adversarial = defended(attacks.quantize_8bit(result.adversarial))
                 attacked[k, a, index] = attacks.score_patches(net, adversarial, args.chunk_size).mean().item()
         if (index + 1) % report_every == 0 or index + 1 == len(samples):
@@ -195,9 +196,7 @@ def main(args: argparse.Namespace) -> None:
     mos = np.array([sample.mos for sample in samples], dtype=np.float64)
     rows = []
     for k, name in enumerate(names):
-        for a, (attack, eps) in enumerate(settings):
-            steps = 1 if attack == "fgsm" else args.step
-            alpha = eps if attack == "fgsm" else args.alp
+        for a, (attack, eps, alpha, steps) in enumerate(settings):
             rows.append(table_row(mos, clean[k], attacked[k, a], float(norms[k].mean()), (low, high), model=name,
                                   attack=attack, eps=eps, alpha=alpha, steps=steps, jpeg_quality=args.jpeg_quality))
     print(format_table(rows))
@@ -205,7 +204,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], samples: list[folders.Sample],
-                 names: list[str], settings: list[tuple[str, float]], clean: np.ndarray, norms: np.ndarray,
+                 names: list[str], settings: list[tuple[str, float, float, int]], clean: np.ndarray, norms: np.ndarray,
                  attacked: np.ndarray, score_range: tuple[float, float], middle: float) -> None:
     """robustness.csv (the table) and robustness.json (settings, table, per-image scores) in `out_dir`."""
     def finite(value):  # JSON has no NaN
@@ -225,7 +224,7 @@ def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], samp
         "images": [{"path": s.path, "mos": finite(float(s.mos))} for s in samples],
         "scores": {name: {"clean": clean[k].tolist(), "grad_norm": norms[k].tolist(),
                           "attacked": {f"{attack} eps={eps}": attacked[k, a].tolist()
-                                       for a, (attack, eps) in enumerate(settings)}}
+                                       for a, (attack, eps, _, _) in enumerate(settings)}}
                    for k, name in enumerate(names)},
     }
     (out_dir / "robustness.json").write_text(json.dumps(report, indent=2))

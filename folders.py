@@ -1,12 +1,10 @@
-"""Image quality data sets and the single image loader.
-
-`load_image` is the one way images enter the project: it decodes fully (so a truncated file fails
-here, naming the file), and converts grayscale, palette, RGBA, CMYK and 16-bit images to 8-bit RGB.
+"""Image quality data sets: one `Sample(path, mos, content)` per labelled image.
 
 `list_samples(dataset, root)` reads the label files of the released layouts (LIVEC, KonIQ-10k, BID,
 LIVE, CSIQ, TID2013), of a generic CSV, or of the locally built synthetic set, and returns one
 `Sample(path, mos, content)` per image. Nothing here lists directories: the order is that of the
-label file, so it is the same on every machine. Patches, transforms and splits are in data_loader.
+label file, so it is the same on every machine. Images are decoded by images.load_image; patches,
+splits and loaders are in patches.py, splits.py and data_loader.py.
 """
 from __future__ import annotations
 
@@ -15,57 +13,15 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-SIXTEEN_BIT_TO_EIGHT = 257.0  # 65535 / 255
-
-
-class ImageError(ValueError):
-    """An image file that is missing, not a file, empty, truncated or not an image."""
-
+import synthetic
+from seeding import DEFAULT_SEED
 
 class Sample(NamedTuple):
     path: str  # absolute or root-relative path of the image file
     mos: float  # quality label on the data set's own scale (MOS or DMOS)
     content: str  # reference-image id: images that share it must stay on the same side of a split
 
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode `path` into an 8-bit RGB PIL image; raise ImageError naming the file and the problem."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageError(f"image not found: {path}")
-    if os.path.isdir(path):
-        raise ImageError(f"expected an image file, got a directory: {path}")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"image file is empty: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return _to_rgb(img)
-    except UnidentifiedImageError:
-        extension = os.path.splitext(path)[1].lower()
-        if extension and extension not in Image.registered_extensions():  # e.g. .heic, .svg, camera raw
-            raise ImageError(f"unsupported image format {extension}: {path} (convert it to PNG or JPEG)") from None
-        raise ImageError(f"not an image, or a format Pillow cannot read: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot decode image {path}: {exc}") from None
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # Pillow's RGB conversion clips 16-bit values at 255; rescale to 8 bits first.
-        values = np.asarray(img, dtype=np.float64) / SIXTEEN_BIT_TO_EIGHT
-        img = Image.fromarray(values.clip(0, 255).round().astype(np.uint8), mode="L")
-    elif img.mode == "F":
-        img = Image.fromarray(np.asarray(img).clip(0, 255).round().astype(np.uint8), mode="L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
-
-
-# ---------------------------------------------------------------------------------------------
-# Data sets: one `Sample` per image, in the order of the data set's label file.
 
 DATASETS = ("livec", "koniq-10k", "bid", "live", "csiq", "tid2013", "csv", "synthetic")
 
@@ -107,20 +63,19 @@ BID_IMAGES = 586
 CSV_LABELS_FILE = "labels.csv"
 
 
-def list_samples(dataset: str, root: str | os.PathLike, seed: int = 919) -> list[Sample]:
+def list_samples(dataset: str, root: str | os.PathLike, seed: int = DEFAULT_SEED) -> list[Sample]:
     """Every labelled image of `dataset` under `root`, one Sample per image, in label-file order.
 
     `content` is the reference image for live, csiq, tid2013 and synthetic (images of one scene must
     stay on one side of a split) and the image path otherwise. `seed` only matters for 'synthetic'
-    (the set built under `root`; 919 is data_loader.DEFAULT_SEED). Raises ValueError for an unknown
+    (the seed of the set built under `root`). Raises ValueError for an unknown
     data set or a malformed label file, FileNotFoundError naming a missing file and the layout.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown data set {dataset!r}; valid: {', '.join(DATASETS)}")
     root = os.fspath(root)
     if dataset == "synthetic":
-        import synthetic  # builds (or reuses) the set, then it is read as any CSV set
-
+        # builds (or reuses) the set, then it is read as any CSV set
         return _check_images(_csv_samples(os.fspath(synthetic.build_synthetic_dataset(root, seed)), dataset), dataset)
     if dataset == "csv":
         path = os.path.join(root, CSV_LABELS_FILE) if os.path.isdir(root) else root

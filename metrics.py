@@ -22,9 +22,10 @@ from scipy import stats
 
 ArrayLike = Sequence[float] | np.ndarray
 
-# |s' - s| below this many score units counts as this much, so an image whose score did not move
-# gives a large finite term (log10(100 / 1e-3) = 5 on a 0-100 range) instead of an infinite one.
-MIN_SCORE_CHANGE = 1e-3
+# |s' - s| below this fraction of the score range counts as this much, so an image whose score did not
+# move gives a large finite term (log10(100 / 1e-3) = 5 on a 0-100 range, the same on any range)
+# instead of an infinite one.
+MIN_SCORE_CHANGE_FRACTION = 1e-5
 
 
 def _paired(a: ArrayLike, b: ArrayLike, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -77,16 +78,18 @@ def mae(a: ArrayLike, b: ArrayLike) -> float:
 
 
 def robustness_r(clean: ArrayLike, attacked: ArrayLike, low: float, high: float,
-                 min_change: float = MIN_SCORE_CHANGE) -> float:
+                 min_change: float | None = None) -> float:
     """R = mean(log10(max(high - s, s - low) / max(|s' - s|, min_change))) over images.
 
     clean `s`, attacked `s'`: per-image scores; low, high: the bottom and top of the score range
     (0 and 100 on LIVEC). A score change smaller than `min_change` score units (default
-    MIN_SCORE_CHANGE) is clipped up to it: an unmoved score adds log10(room / min_change) rather
-    than infinity, and no image is dropped.
+    MIN_SCORE_CHANGE_FRACTION of the range: 1e-3 on 0-100, 5e-5 on BID's 0-5) is clipped up to it:
+    an unmoved score adds log10(room / min_change) rather than infinity, and no image is dropped.
     """
     if not high > low:
         raise ValueError(f"the score range needs low < high, got low={low}, high={high}")
+    if min_change is None:
+        min_change = MIN_SCORE_CHANGE_FRACTION * (high - low)
     if not min_change > 0:
         raise ValueError(f"min_change must be > 0, got {min_change}")
     s, s_adv = _paired(clean, attacked)

@@ -11,21 +11,22 @@ scores have shape (B,) for every B (the released code returned a 0-d tensor for 
 network is batched matrix products instead of a module built per forward, and constructing a model
 never downloads anything (ImageNet weights are loaded explicitly by `load_imagenet_backbone`).
 
-This file is also the one home of the ImageNet normalization, device choice, checkpoint naming,
-loading and atomic saving.
+This file is also the one home of the ImageNet normalization, device choice, the score-model type,
+checkpoint naming, loading and saving.
 """
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from atomic_file import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,14 +37,20 @@ HYPERIQA_CONFIG = dict(lda_out_channels=16, hyper_in_channels=112, target_in_siz
                        target_fc1_size=112, target_fc2_size=56, target_fc3_size=28,
                        target_fc4_size=14, feature_size=7)
 
+ScoreModel = Callable[[torch.Tensor], torch.Tensor]  # normalized images (B, 3, H, W) -> scores (B,)
+
 RESNET50_LAYERS = (3, 4, 6, 3)
 BACKBONE_STRIDE = 32  # input side / side of the last ResNet stage
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalize images in [0, 1]: (B, 3, H, W) -> (B, 3, H, W), differentiable."""
-    mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    """ImageNet-normalize images in [0, 1]: (B, 3, H, W) -> (B, 3, H, W), differentiable.
+
+    The mean and std are the float32 numbers of the released (float32) pipeline, also when the
+    pixels are float64: so a float64 run sees the released inputs, as the float64 fixtures do.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).to(pixels).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).to(pixels).view(1, 3, 1, 1)
     return (pixels - mean) / std
 
 
@@ -449,20 +456,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     interruption never leaves a truncated checkpoint. `extra` must hold only tensors, numbers,
     strings, lists, dicts or None (so it reloads with weights_only=True).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(), "optimizer": None if optimizer is None else optimizer.state_dict(), **extra}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):  # e.g. a full disk: say which file could not be written
-            message = f"cannot write {path}: {exc.strerror or exc}"
-            raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from None
-        raise
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)

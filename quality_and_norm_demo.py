@@ -15,7 +15,6 @@ single patch). `--regenerate_crops` always crops the image afresh and saves thos
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -23,12 +22,9 @@ import torch
 import attacks
 import cli
 import models
-from data_loader import DEFAULT_SEED, image_patches, image_to_tensor, seed_everything, tensor_to_image
-from folders import load_image
-
-CHECKPOINT_DIR = "checkpoints"
-BASELINE_CHECKPOINT = os.path.join(CHECKPOINT_DIR, models.checkpoint_name("livec", 16, False))
-NT_CHECKPOINT = os.path.join(CHECKPOINT_DIR, models.checkpoint_name("livec", 16, True, 1e-3, 0.01))
+from images import image_to_tensor, load_image, tensor_to_image
+from patches import image_patches
+from seeding import DEFAULT_SEED, seed_everything
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,10 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "instead of using crops saved there")
     parser.add_argument("--crop_dir", default="images_fixedcrop",
                         help="folder of saved crops {name}_{index}.bmp (the released demo's fixed crops)")
-    parser.add_argument("--baseline_checkpoint", default=BASELINE_CHECKPOINT, help="HyperIQA checkpoint")
-    parser.add_argument("--nt_checkpoint", default=NT_CHECKPOINT, help="HyperIQA+NT checkpoint")
+    parser.add_argument("--baseline_checkpoint", default=cli.DEMO_CHECKPOINTS["baseline"], help="HyperIQA checkpoint")
+    parser.add_argument("--nt_checkpoint", default=cli.DEMO_CHECKPOINTS["NT"], help="HyperIQA+NT checkpoint")
     cli.add_upscale_small_argument(parser)
-    cli.add_chunk_size_argument(parser, attacks.CPU_CHUNK_SIZE, attacks.CUDA_CHUNK_SIZE)
+    cli.add_chunk_size_argument(parser)
     cli.add_device_argument(parser)
     parser.add_argument("--seed", type=cli.nonnegative_int, default=DEFAULT_SEED, help="seed of the patch positions")
     return parser.parse_args(argv)

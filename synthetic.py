@@ -33,15 +33,15 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from data_loader import DEFAULT_SEED
-from folders import load_image
+from atomic_file import write_bytes_atomic
+from images import load_image
+from seeding import DEFAULT_SEED
 
 GENERATOR_VERSION = 1  # bump whenever the images or labels this module writes change
 SYNTHETIC_SCORE_RANGE = (0.0, 100.0)  # (lowest, highest) possible MOS
@@ -153,9 +153,9 @@ def build_synthetic_dataset(root: str | os.PathLike, seed: int = DEFAULT_SEED) -
     writer.writerow(LABEL_COLUMNS)
     writer.writerows(rows)
     labels = text.getvalue().encode("utf-8")
-    _write_atomic(labels_path, labels)
+    write_bytes_atomic(labels_path, labels)
     manifest = dict(expected, images=[row[0] for row in rows], labels_sha256=_sha256(labels))
-    _write_atomic(root / MANIFEST_FILE, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    write_bytes_atomic(root / MANIFEST_FILE, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     return labels_path
 
 
@@ -164,7 +164,7 @@ def _write_image(root: Path, img: Image.Image, content: str, distortion: str, le
     name = f"{IMAGES_DIR}/{content}_{distortion}.png" if level == 0 else f"{IMAGES_DIR}/{content}_{distortion}{level}.png"
     buffer = io.BytesIO()
     img.save(buffer, format="PNG")
-    _write_atomic(root / name, buffer.getvalue())
+    write_bytes_atomic(root / name, buffer.getvalue())
     return (name, f"{mos:.4f}", content, distortion, level)
 
 
@@ -181,19 +181,6 @@ def _is_complete(root: Path, expected: dict) -> bool:
         return False
     images = manifest.get("images")
     return isinstance(images, list) and bool(images) and all((root / str(name)).is_file() for name in images)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename, so `path`
-    is either absent, the old file, or the complete new one."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha256(data: bytes) -> str:

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 import folders
-from cli import add_device_argument, nonnegative_float, nonnegative_int, positive_float, positive_int, run_main
-from data_loader import DEFAULT_SEED, DEFAULT_NUM_WORKERS
-from HyperIQASolver import NT_MODES, SCHEDULES, TrainConfig, resume_state_path, train_and_test
-from models import PATCH_SIZE, checkpoint_name, select_device
+from cli import CHECKPOINT_DIR, add_device_argument, nonnegative_float, nonnegative_int, positive_float, positive_int, run_main
+from data_loader import DEFAULT_CACHE_GIB, DEFAULT_NUM_WORKERS
+from HyperIQASolver import train_and_test
+from models import PATCH_SIZE, select_device
+from nt_regularizer import NT_MODES
+from train_config import SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
 SYNTHETIC_ROOT = "data/synthetic"  # where --dataset synthetic is built when no --dataset_path is given
@@ -56,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="side of the square patches in pixels; HyperIQA accepts only 224")
     data.add_argument("--num_workers", type=nonnegative_int, default=DEFAULT_NUM_WORKERS,
                       help="processes that decode images ahead of the model (0: decode in the main process)")
+    data.add_argument("--cache_gib", type=nonnegative_float, default=DEFAULT_CACHE_GIB,
+                      help="memory (GiB) for the decoded training images: within it, every image is decoded once "
+                           "and each epoch's batches are one global shuffle of all patches, as released; past it, "
+                           "patches are shuffled within windows of images (said when it happens)")
 
     train = parser.add_argument_group("training")
     train.add_argument("--lr", type=positive_float, default=DEFAULTS.lr,
@@ -74,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "stops training after epoch 1 and Adam restarts every epoch (the paper's numbers); "
                             "'corrected': both parts keep training, one Adam, the hyper-network lr divided by 10 "
                             "every 6 epochs")
-    train.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED,
+    train.add_argument("--seed", type=nonnegative_int, default=DEFAULTS.seed,
                        help="seed of the split, the patches and the initial weights")
     add_device_argument(train)
     train.add_argument("--no_pretrained", action="store_true",
@@ -92,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="'finite_difference' (the paper's) or 'exact' (double backpropagation)")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--checkpoint_dir", default="checkpoints",
+    out.add_argument("--checkpoint_dir", default=CHECKPOINT_DIR,
                      help="where the best checkpoint ({dataset}_bs{batch_size}_grad[...]...pth, the name the demos "
                           "load) and the resumable state (*.resume.pth) are written")
     out.add_argument("--log_file", default=None,
@@ -105,20 +111,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    config = TrainConfig(
-        dataset=args.dataset, lr=args.lr, lr_ratio=args.lr_ratio, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, epochs=args.epochs, train_patch_num=args.train_patch_num,
-        test_patch_num=args.test_patch_num, train_test_num=args.train_test_num, if_grad=args.if_grad,
-        weight=args.weight, h=args.h, nt_mode=args.nt_mode, schedule=args.schedule, seed=args.seed)
+    config = TrainConfig.from_args(args)
     root = args.dataset_path or (SYNTHETIC_ROOT if args.dataset == "synthetic" else None)
     if root is None:
         raise ValueError(f"--dataset_path is required: the {args.dataset} folder, holding {folders.LAYOUTS[args.dataset]}")
     device = select_device(args.device)
     samples = folders.list_samples(args.dataset, root, args.seed)
-    checkpoint = Path(args.checkpoint_dir) / checkpoint_name(config.dataset, config.batch_size, config.if_grad,
-                                                             config.weight, config.h)
-    resume = None if args.resume is None else (args.resume or resume_state_path(checkpoint))
-    log_path = checkpoint.with_suffix(".log") if args.log_file is None else (args.log_file or None)
+    files = config.run_files(args.checkpoint_dir)
+    resume = None if args.resume is None else (args.resume or files.state)
+    log_path = files.log if args.log_file is None else (args.log_file or None)
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") if log_path else contextlib.nullcontext() as log_file:
@@ -132,10 +133,10 @@ def main(args: argparse.Namespace) -> None:
             % (config.dataset, config.batch_size, config.if_grad, config.weight, config.schedule, len(samples), device))
         results = train_and_test(config, samples, device, args.checkpoint_dir, split_file=args.split_file,
                                  pretrained=not args.no_pretrained, backbone_weights=args.backbone_weights,
-                                 num_workers=args.num_workers, resume=resume, log=log)
+                                 num_workers=args.num_workers, cache_gib=args.cache_gib, resume=resume, log=log)
         srcc_all, plcc_all = np.array(results).T
         log("Testing median SRCC %4.4f,\tmedian PLCC %4.4f" % (np.median(srcc_all), np.median(plcc_all)))
-        print(f"best checkpoint: {checkpoint}", file=sys.stderr)
+        print(f"best checkpoint: {files.checkpoint}", file=sys.stderr)
 
 
 if __name__ == "__main__":

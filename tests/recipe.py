@@ -1,5 +1,5 @@
 """The deterministic weights and inputs of tests/fixtures/README.md (the released code's numbers on
-them are in tests/fixtures/hyperiqa_reference.json)."""
+them are in tests/fixtures/hyperiqa_reference.json, and in float64 in the *float64.json files)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import models
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFSETS = {"fc5b_offset_50": 50.0, "fc5b_offset_40": 40.0}
@@ -67,3 +69,20 @@ def recipe_pixels() -> torch.Tensor:
     checker = np.where(((xx // 16) + (yy // 16)) % 2 == 0, 0.1, 0.9) + 0.05 * noise[2]
     images = np.stack([ramp, grey, checker]).clip(0, 1).astype(np.float32)
     return torch.from_numpy(images)
+
+
+def reference_float64() -> dict:
+    """The released code's numbers in float64 (fixtures README): scores, norms, penalties, FGSM."""
+    return json.loads((FIXTURES / "hyperiqa_reference_float64.json").read_text())
+
+
+def nt_step_float64() -> dict:
+    """One released NT training step in float64, BatchNorm in train and in eval mode (fixtures README)."""
+    return json.loads((FIXTURES / "nt_step_float64.json").read_text())
+
+
+def recipe_model_float64(offset: float = 50.0) -> torch.nn.Module:
+    """HyperIQA with the recipe weights, cast to float64 after the recipe, as the float64 fixtures were made."""
+    model = models.HyperIQA()
+    model.load_state_dict(recipe_state_dict(model.state_dict(), offset), strict=True)
+    return model.double()

@@ -1,18 +1,28 @@
-"""A tiny differentiable score model for tests where HyperIQA's cost buys nothing."""
+"""The one tiny differentiable score model of the tests, for where HyperIQA's cost buys nothing."""
 import torch
 from torch import nn
 
 
 class StandInScoreModel(nn.Module):
-    """Normalized images (B, 3, H, W) -> scores (B,) around 50, `spread` wide; its BatchNorm makes
-    train and eval mode differ. Weights are seeded, so every instance is the same function."""
+    """Normalized images (B, 3, H, W) -> scores (B,) around 50, `spread` wide.
 
-    def __init__(self, spread: float = 20.0):
+    `res` is its backbone, as in HyperIQA (the solver trains it as the second parameter group), and
+    holds a BatchNorm, so train and eval mode differ. Weights are seeded: every instance is the same
+    function. Once `poison` is set, every train-mode forward after the first `poison_after`
+    multiplies the scores by it (to make a training loss diverge).
+    """
+
+    def __init__(self, spread: float = 20.0, poison: float | None = None, poison_after: int = 0):
         super().__init__()
         torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Tanh())
+        self.res = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Tanh())
         self.head = nn.Linear(8, 1)
-        self.spread = spread
+        self.spread, self.poison, self.poison_after, self.training_forwards = spread, poison, poison_after, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 50 + self.spread * self.head(self.features(x).mean(dim=(2, 3))).view(x.shape[0])
+        scores = 50 + self.spread * self.head(self.res(x).mean(dim=(2, 3))).view(x.shape[0])
+        if self.training:
+            self.training_forwards += 1
+            if self.poison is not None and self.training_forwards > self.poison_after:
+                scores = scores * self.poison
+        return scores

@@ -1,23 +1,21 @@
-"""Splits, split files, patches and loaders (data_loader.py) on tiny fake data sets."""
-import json
-import os
-import pickle
+"""Patches and loaders (patches.py, data_loader.py) on tiny fake data sets, and the batch composition
+of the released shuffling loader on a LIVEC-sized training set."""
+import math
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 import data_loader
 import folders
 import models
-from folders import ImageError, Sample
+import patches
+import seeding
+from folders import Sample
+from images import ImageError, image_to_tensor, image_to_uint8_tensor, load_image
 from tests import fake_datasets
-
-
-def scenes(count: int, per_scene: int = 3) -> list[Sample]:
-    """In-memory samples (no files needed for splitting): `count` scenes of `per_scene` images."""
-    return [Sample(f"s{scene}_{i}.png", float(scene + i), f"scene{scene}") for scene in range(count) for i in range(per_scene)]
 
 
 def unnormalize(images: torch.Tensor) -> torch.Tensor:
@@ -26,99 +24,19 @@ def unnormalize(images: torch.Tensor) -> torch.Tensor:
     return images * std + mean
 
 
-# -- splits
+class CountingDecoder:
+    """images.load_image, counting the decodes of each path."""
 
+    def __init__(self):
+        self.counts: dict[str, int] = {}
 
-@pytest.mark.parametrize("dataset, build", [("live", fake_datasets.make_live), ("csiq", fake_datasets.make_csiq),
-                                            ("tid2013", fake_datasets.make_tid2013)])
-def test_reference_image_split_keeps_each_scene_on_one_side(tmp_path, dataset, build):
-    build(tmp_path)
-    samples = folders.list_samples(dataset, tmp_path)
-    train, test = data_loader.split_samples(samples, dataset, seed=5)
-    assert {s.content for s in train}.isdisjoint({s.content for s in test})
-    assert len({s.content for s in train}) == 2 and len({s.content for s in test}) == 1  # round(0.8 * 3)
-    assert sorted(train + test) == sorted(samples)
+    def __call__(self, path: str) -> Image.Image:
+        self.counts[path] = self.counts.get(path, 0) + 1
+        return load_image(path)
 
-
-def test_split_by_content_on_a_larger_set_and_rounds_reshuffle():
-    samples = scenes(20)
-    train, test = data_loader.split_samples(samples, "synthetic", seed=1)
-    assert len(train) == 16 * 3 and len(test) == 4 * 3
-    assert {s.content for s in train}.isdisjoint({s.content for s in test})
-    assert data_loader.split_samples(samples, "synthetic", seed=1) == (train, test)
-    assert data_loader.split_samples(samples, "synthetic", seed=1, round_index=1) != (train, test)
-    assert data_loader.split_samples(samples, "synthetic", seed=2) != (train, test)
-
-
-def test_images_split_one_by_one_when_content_is_the_path():
-    samples = [Sample(f"{i}.jpg", float(i), f"{i}.jpg") for i in range(10)]
-    train, test = data_loader.split_samples(samples, "koniq-10k", seed=0)
-    assert len(train) == 8 and len(test) == 2 and not set(train) & set(test)
-
-
-def test_too_few_images_to_split():
-    with pytest.raises(ValueError, match="at least 3 images"):
-        data_loader.split_samples(scenes(2), "live")
-
-
-def test_paper_livec_split_from_a_pickle_first_930_train(tmp_path):
-    samples = [Sample(f"{i}.bmp", float(i), f"{i}.bmp") for i in range(1162)]
-    order = np.random.default_rng(0).permutation(1162).tolist()
-    path = tmp_path / "CLIVE_traintest_index.pkl"
-    path.write_bytes(pickle.dumps(order))
-    train, test = data_loader.split_samples(samples, "livec", split_file=str(path))
-    assert [s.path for s in train] == [f"{i}.bmp" for i in order[:930]]
-    assert [s.path for s in test] == [f"{i}.bmp" for i in order[930:]]
-    # the same split in every round: the file fixes it
-    assert data_loader.split_samples(samples, "livec", round_index=3, split_file=str(path)) == (train, test)
-
-
-@pytest.mark.parametrize("form", ["json", "numpy_array", "numpy_scalars"])
-def test_split_file_forms(tmp_path, form):
-    order = [4, 0, 3, 1, 2]
-    path = tmp_path / "split"
-    if form == "json":
-        path.write_text(json.dumps(order))
-    elif form == "numpy_array":
-        path.write_bytes(pickle.dumps(np.array(order)))
-    else:
-        path.write_bytes(pickle.dumps([np.int64(i) for i in order]))
-    assert data_loader.read_split_file(str(path)) == order
-
-
-class RunsCode:
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_a_split_file_that_would_run_code_is_refused_unrun(tmp_path):
-    marker = tmp_path / "pwned"
-    RunsCode.marker = marker
-    path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps([1, 2, RunsCode()]))
-    with pytest.raises(ValueError, match="cannot read split file .*refusing"):
-        data_loader.read_split_file(str(path))
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize("content, message", [("[0, 1, 9]", "index 9, out of range for the 5"),
-                                              ("[0, 1, 1]", "more than once"),
-                                              ('{"a": 1}', "list of integers"),
-                                              ("[0.5, 1]", "list of integers")])
-def test_bad_split_files(tmp_path, content, message):
-    path = tmp_path / "split.json"
-    path.write_text(content)
-    samples = [Sample(f"{i}.jpg", 1.0, f"{i}.jpg") for i in range(5)]
-    with pytest.raises(ValueError, match=message):
-        data_loader.split_samples(samples, "livec", split_file=str(path))
-
-
-def test_missing_split_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="split file not found: .*nope.pkl"):
-        data_loader.read_split_file(str(tmp_path / "nope.pkl"))
-
-
-# -- patches and loaders
+    def reset(self) -> dict[str, int]:
+        counts, self.counts = self.counts, {}
+        return counts
 
 
 @pytest.fixture
@@ -142,13 +60,15 @@ def test_train_batches_shapes_labels_and_normalization(four_images):
     assert mos.tolist() == pytest.approx([four_images[i].mos for i in index.tolist()])
     pixels = unnormalize(images)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
-    assert index.tolist() != sorted(index.tolist())  # patches of different images are mixed
+    # patches of the whole set meet in a batch: without mixing, the first batch of 5 would hold the
+    # 3 patches of one image and 2 of another
+    assert len(set(batches[0][2].tolist())) >= 3
 
 
 def test_a_patch_is_a_crop_of_the_decoded_image(tmp_path):
     fake_datasets.write_image(tmp_path / "images" / "a.png", seed=1, size=(224, 224))
     sample = Sample(str(tmp_path / "images" / "a.png"), 50.0, "a")
-    whole = data_loader.image_to_tensor(folders.load_image(sample.path))
+    whole = image_to_tensor(load_image(sample.path))
     test_patches = unnormalize(all_batches(data_loader.make_test_loader([sample], "csv", 2, 2))[0][0])
     assert torch.allclose(test_patches, whole.expand(2, -1, -1, -1), atol=1e-5)  # the only 224 crop, no flip
     train_patches = unnormalize(all_batches(data_loader.make_train_loader([sample], "csv", 8, 8, seed=3))[0][0])
@@ -160,7 +80,7 @@ def test_a_patch_is_a_crop_of_the_decoded_image(tmp_path):
 def test_flipped_crops_mirror_the_crop_at_the_drawn_position():
     # Positions are drawn first (tops, then lefts), flips after them: the patches of a seed are fixed.
     image = torch.arange(3 * 40 * 50).view(3, 40, 50)
-    crops = data_loader.random_crops(image, 12, 16, torch.Generator().manual_seed(4), flip=True)
+    crops = patches.random_crops(image, 12, 16, torch.Generator().manual_seed(4), flip=True)
     generator = torch.Generator().manual_seed(4)
     tops = torch.randint(0, 40 - 16 + 1, (12,), generator=generator).tolist()
     lefts = torch.randint(0, 50 - 16 + 1, (12,), generator=generator).tolist()
@@ -171,23 +91,55 @@ def test_flipped_crops_mirror_the_crop_at_the_drawn_position():
         assert torch.equal(crop, expected.flip(-1) if flip else expected)
 
 
-def test_test_batches_keep_images_in_order(four_images):
-    loader = data_loader.make_test_loader(four_images, "csv", patch_num=3, batch_size=4)
-    index = torch.cat([b[2] for b in all_batches(loader)])
-    assert index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+def test_test_batches_keep_images_in_order_and_carry_the_patches_of_patches_of(four_images):
+    loader = data_loader.make_test_loader(four_images, "csv", patch_num=3, batch_size=4, seed=5, round_index=1)
+    batches = all_batches(loader, epoch=2)
+    assert torch.cat([b[2] for b in batches]).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    carried = torch.cat([b[0] for b in batches])
+    expected = torch.cat([loader.patches_of(index, epoch=2) for index in range(4)]).float().div(255)
+    torch.testing.assert_close(carried, models.normalize(expected))
 
 
-def test_each_image_is_decoded_once_per_epoch(four_images, monkeypatch):
-    decoded = []
-    monkeypatch.setattr(data_loader, "load_image", lambda path: decoded.append(path) or folders.load_image(path))
-    loader = data_loader.make_train_loader(four_images, "csv", patch_num=25, batch_size=16)
-    assert sum(len(b[0]) for b in loader.batches(0)) == 100
-    assert sorted(decoded) == sorted(s.path for s in four_images)
+def test_train_and_test_images_and_rounds_draw_their_own_crops(four_images):
+    def boxes(train, round_index=0, epoch=0, seed=919):
+        make = data_loader.make_train_loader if train else data_loader.make_test_loader
+        return make(four_images, "csv", 5, 4, seed=seed, round_index=round_index).crop_boxes(1, epoch)
+
+    positions = [[(b.top, b.left) for b in boxes(*key)] for key in
+                 [(True,), (False,), (True, 1), (True, 0, 1), (True, 0, 0, 3)]]
+    assert all(positions[i] != positions[j] for i in range(5) for j in range(i))
+    assert seeding.derived_seed(919, 0) != seeding.derived_seed(919, 0, 0)  # no zero padding collision
+    assert len(set(seeding.STREAMS.values())) == len(seeding.STREAMS)
+
+
+def test_decoded_training_images_are_kept_and_each_is_decoded_once(four_images):
+    decode = CountingDecoder()
+    loader = data_loader.make_train_loader(four_images, "csv", patch_num=25, batch_size=16, decode=decode)
+    assert loader.keep_decoded and loader.window_images == 4
+    for epoch in range(3):
+        assert sum(len(b[0]) for b in loader.batches(epoch)) == 100
+        assert decode.reset() == ({s.path: 1 for s in four_images} if epoch == 0 else {})
+
+
+def test_past_the_memory_budget_windows_decode_each_image_once_per_epoch(four_images, capsys):
+    decode = CountingDecoder()
+    loader = data_loader.make_train_loader(four_images, "csv", patch_num=5, batch_size=3, cache_gib=0, decode=decode)
+    assert "need 0.00 GiB decoded, more than the image cache's 0.00 GiB (--cache_gib)" in capsys.readouterr().err
+    assert loader.window_images == 4 and not loader.keep_decoded  # never below MIN_WINDOW_IMAGES (or the set)
+    loader.set_window(2)
+    for epoch in range(2):
+        windows = loader.windows(epoch)
+        assert sorted(map(len, windows)) == [2, 2] and sorted(sum(windows, [])) == [0, 1, 2, 3]
+        index = torch.cat([b[2] for b in loader.batches(epoch)]).tolist()
+        first_window = {i for i in index[:10]}
+        assert first_window == set(windows[0])  # the 10 entries of a window are shuffled among themselves
+        assert decode.reset() == {s.path: 1 for s in four_images}
 
 
 def test_same_seed_same_patches_whatever_the_workers(four_images):
     def epoch(seed, workers, number=0):
-        loader = data_loader.make_train_loader(four_images, "csv", 2, 3, seed=seed, num_workers=workers)
+        loader = data_loader.make_train_loader(four_images, "csv", 2, 3, seed=seed, num_workers=workers, cache_gib=0)
+        loader.set_window(2)
         return torch.cat([b[0] for b in loader.batches(number)]), torch.cat([b[2] for b in loader.batches(number)])
 
     reference = epoch(7, 0)
@@ -197,41 +149,102 @@ def test_same_seed_same_patches_whatever_the_workers(four_images):
     assert not torch.equal(reference[0], epoch(7, 0, number=1)[0])  # new patches every epoch
 
 
-def test_resuming_inside_an_epoch_gives_the_remaining_batches(four_images, monkeypatch):
-    loader = data_loader.PatchLoader(four_images, "csv", patch_num=3, batch_size=2, train=True, seed=1, shuffle_images=2)
+@pytest.mark.parametrize("window", [2, 4])
+def test_resuming_inside_an_epoch_gives_the_remaining_batches(four_images, window):
+    decode = CountingDecoder()
+    loader = data_loader.make_train_loader(four_images, "csv", patch_num=3, batch_size=2, seed=1, decode=decode)
+    loader.set_window(window)
     full = all_batches(loader, epoch=2)
-    decoded = []
-    monkeypatch.setattr(data_loader, "load_image", lambda path: decoded.append(path) or folders.load_image(path))
-    rest = all_batches(loader, epoch=2, start_batch=4)
+    resumed = data_loader.make_train_loader(four_images, "csv", patch_num=3, batch_size=2, seed=1, decode=decode)
+    resumed.set_window(window)
+    decode.reset()
+    rest = all_batches(resumed, epoch=2, start_batch=4)
     assert len(rest) == len(full) - 4
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(full[4:], rest))
-    assert len(decoded) == 2  # the first group of two images was consumed entirely: not decoded again
+    needed = {four_images[i].path for b in full[4:] for i in b[2].tolist()}
+    assert decode.reset() == {path: 1 for path in needed}  # images only in skipped batches are not decoded
+    if window == 2:
+        assert len(needed) == 2  # the first window of two images was consumed entirely
 
 
 def test_koniq_and_bid_are_resized_as_released():
-    img = folders.Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
     for dataset, size in (("koniq-10k", (512, 384)), ("bid", (512, 512))):
         expected = torchvision.transforms.Resize(size)(img)  # the released transform
-        resized = data_loader.resize_as_released(img, dataset)
+        resized = patches.resize_as_released(img, dataset)
         assert resized.size == expected.size == (size[1], size[0])
+        assert patches.resized_size(dataset, *img.size) == resized.size
         assert np.array_equal(np.asarray(resized), np.asarray(expected))
-    assert data_loader.resize_as_released(img, "livec") is img
+    assert patches.resize_as_released(img, "livec") is img
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_bad_image_is_named_with_its_index(four_images, workers):
     with open(four_images[2].path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n truncated")
-    loader = data_loader.make_test_loader(four_images, "csv", 1, 2, num_workers=workers)
     with pytest.raises(ImageError) as error:
-        all_batches(loader)
+        all_batches(data_loader.make_test_loader(four_images, "csv", 1, 2, num_workers=workers))
     message = str(error.value)
     assert message.startswith("image 2 of the csv test set: ") and four_images[2].path in message
     assert "Traceback" not in message and "\n" not in message
 
 
-def test_an_image_smaller_than_a_patch_is_named(tmp_path):
+def test_an_image_smaller_than_a_patch_is_named_before_any_batch(tmp_path):
     fake_datasets.write_image(tmp_path / "small.png", seed=0, size=(300, 200))
     sample = Sample(str(tmp_path / "small.png"), 1.0, "small")
     with pytest.raises(ImageError, match=r"image 0 of the livec training set \(.*small\.png\): .*300x200.*at least 224"):
-        all_batches(data_loader.make_train_loader([sample], "livec", 1, 1))
+        data_loader.make_train_loader([sample], "livec", 1, 1)
+
+
+# -- the released batch composition, on LIVEC's training set size
+
+LIVEC_TRAIN, PATCH_NUM, BATCH = 930, 25, 16
+TINY_SIDE, TINY_PATCH = 12, 8  # pixels: tiny images and patches, the batch composition is what matters
+
+
+def global_shuffle_distinct_images() -> float:
+    """Expected distinct images in a full batch of a global shuffle of LIVEC_TRAIN x PATCH_NUM entries:
+    N (1 - C(M - P, B) / C(M, B)), each image being absent with that hypergeometric probability."""
+    entries = LIVEC_TRAIN * PATCH_NUM
+    absent = math.comb(entries - PATCH_NUM, BATCH) / math.comb(entries, BATCH)
+    return LIVEC_TRAIN * (1 - absent)
+
+
+@pytest.fixture(scope="module")
+def livec_sized_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("livec_sized")
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(LIVEC_TRAIN):
+        path = folder / f"{index:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (TINY_SIDE, TINY_SIDE, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(str(path), float(index % 100), str(path)))
+    return samples
+
+
+@pytest.mark.parametrize("cache_gib", [data_loader.DEFAULT_CACHE_GIB, 0.0])
+def test_batch_composition_is_that_of_the_released_global_shuffle(livec_sized_set, cache_gib):
+    decode = CountingDecoder()
+    loader = data_loader.PatchLoader(livec_sized_set, "csv", PATCH_NUM, BATCH, train=True, seed=919,
+                                     patch_size=TINY_PATCH, cache_gib=cache_gib, decode=decode)
+    assert loader.window_images == (LIVEC_TRAIN if cache_gib else data_loader.MIN_WINDOW_IMAGES)
+    decoded = {s.path: image_to_uint8_tensor(load_image(s.path)) for s in livec_sized_set}
+    distinct = []
+    for epoch in range(2):
+        carried: dict[int, list[bytes]] = {}
+        for images, _, index in loader.batches(epoch):
+            if len(index) == BATCH:
+                distinct.append(len(set(index.tolist())))
+            levels = (unnormalize(images) * 255).round().to(torch.uint8)
+            for i, patch in zip(index.tolist(), levels):
+                carried.setdefault(i, []).append(patch.numpy().tobytes())
+        # every (image, patch) entry exactly once: each image's carried patches are its 25 crops
+        for i, sample in enumerate(livec_sized_set):
+            generator = seeding.seeded_generator(919, seeding.TRAIN_PATCHES, 0, epoch, i)
+            crops = patches.random_crops(decoded[sample.path], PATCH_NUM, TINY_PATCH, generator, flip=True)
+            assert sorted(carried[i]) == sorted(crop.numpy().tobytes() for crop in crops)
+        counts = decode.reset()
+        assert set(counts.values()) <= {1}  # no image decoded twice in an epoch
+        assert len(counts) == (LIVEC_TRAIN if epoch == 0 or not cache_gib else 0)
+    assert np.mean(distinct) == pytest.approx(global_shuffle_distinct_images(), rel=0.01)
+    assert min(distinct) >= 10

@@ -7,8 +7,8 @@ import torch
 
 import attacks
 import models
-from data_loader import image_patches, image_to_tensor, tensor_to_image
-from folders import load_image
+from images import image_to_tensor, load_image, tensor_to_image
+from patches import image_patches
 from tests import recipe
 
 RTOL = 1e-4

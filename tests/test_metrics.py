@@ -37,12 +37,15 @@ def test_r_by_hand():
     assert r == pytest.approx((math.log10(16) + math.log10(70)) / 2, abs=TOL)
 
 
-def test_r_clips_an_unchanged_score_to_the_named_epsilon():
-    # s = s' = 50: room 50, change clipped up to MIN_SCORE_CHANGE; the image is kept, not skipped
+def test_r_clips_an_unchanged_score_to_a_fraction_of_the_score_range():
+    # s = s' = 50: room 50, change clipped up to 1e-5 x 100; the image is kept, not skipped
     r = metrics.robustness_r([50, 20], [50, 25], low=0, high=100)
-    assert metrics.MIN_SCORE_CHANGE == 1e-3
+    assert metrics.MIN_SCORE_CHANGE_FRACTION == 1e-5
     assert r == pytest.approx((math.log10(50 / 1e-3) + math.log10(16)) / 2, abs=TOL)
     assert metrics.robustness_r([50], [50], 0, 100, min_change=0.5) == pytest.approx(2.0, abs=TOL)
+    # the same unmoved image on BID's 0-5 scale and CSIQ's 0-1 scale counts the same
+    assert metrics.robustness_r([2.5], [2.5], 0, 5) == pytest.approx(math.log10(50 / 1e-3), abs=TOL)
+    assert metrics.robustness_r([0.5], [0.5], 0, 1) == pytest.approx(math.log10(50 / 1e-3), abs=TOL)
 
 
 def test_r_uses_the_given_score_range():

@@ -3,10 +3,12 @@ import pytest
 import torch
 
 import models
-from HyperIQASolver import exact_penalty, finite_difference_penalty, nt_loss, released_three_pass_nt_loss
+from nt_regularizer import exact_penalty, finite_difference_penalty, nt_loss
+from released_reference import released_three_pass_nt_loss
 from tests import recipe
 
 GRAD_RTOL = 1e-5
+NT_STEP_RTOL = 1e-9  # float64 against the released step (tests/fixtures/README.md: about 1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +91,23 @@ def test_invalid_mode_and_step_are_rejected():
         nt_loss(Linear(), torch.zeros(1, 2, 2), torch.zeros(1), mode="fd")
     with pytest.raises(ValueError, match="h must be > 0"):
         nt_loss(Linear(), torch.zeros(1, 2, 2), torch.zeros(1), h=0.0)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_one_nt_step_gives_the_released_gradient_of_every_parameter_in_float64(mode):
+    """nt_loss (two forward passes) against the released three-pass step of tests/fixtures/nt_step_float64.json,
+    with BatchNorm in train mode (batch statistics) and in eval mode."""
+    step = recipe.nt_step_float64()
+    expected = step["modes"][mode]
+    model = recipe.recipe_model_float64(50.0).train(mode == "train")
+    images = models.normalize(recipe.recipe_pixels().double())
+    loss = nt_loss(model, images, torch.tensor(step["mos"], dtype=torch.float64), step["weight"], step["h"])
+    loss.total.backward()
+    for value, name in ((loss.total, "loss"), (loss.l1, "l1"), (loss.penalty, "penalty")):
+        assert value.item() == pytest.approx(expected[name], rel=NT_STEP_RTOL)
+    norms = {name: param.grad.norm().item() for name, param in model.named_parameters()}
+    assert set(norms) == set(expected["grad_l2_norm"])
+    worst = max(abs(norms[name] - value) / value for name, value in expected["grad_l2_norm"].items())
+    assert worst < NT_STEP_RTOL, worst
+    everything = torch.cat([param.grad.flatten() for param in model.parameters()]).norm().item()
+    assert everything == pytest.approx(expected["grad_l2_norm_all"], rel=NT_STEP_RTOL)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from PIL import Image
 
 import attacks
@@ -24,11 +23,14 @@ import evaluate_robustness
 import FGSM_demo
 import folders
 import HyperIQASolver
+import images
 import models
 import quality_and_norm_demo
 import train_test_IQA_sparsity
-from data_loader import ImagePatches, split_samples
+from splits import split_samples
 from tests import fake_datasets
+from tests.stand_in import StandInScoreModel
+from train_config import TrainConfig, resume_state_path
 
 RTOL = 1e-4
 TINY_TRAINING = ["--no_pretrained", "--train_patch_num", "1", "--test_patch_num", "1", "--batch_size", "2",
@@ -62,27 +64,7 @@ def write_png(path, side: int = 224, seed: int = 0, size: tuple[int, int] | None
     return path
 
 
-class CheapIQA(nn.Module):
-    """A cheap stand-in for HyperIQA in training (`res` is the backbone, as the solver expects). From
-    its `poison_from`-th training forward on, its scores are multiplied by `poison`."""
-
-    def __init__(self, poison: float = 1.0, poison_from: int = 0):
-        super().__init__()
-        torch.manual_seed(0)
-        self.res = nn.Conv2d(3, 4, kernel_size=32, stride=32)
-        self.head = nn.Linear(4, 1)
-        self.poison, self.poison_from, self.training_forwards = poison, poison_from, 0
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        scores = 50.0 + 10.0 * self.head(self.res(images).mean(dim=(2, 3))).view(-1)
-        if self.training:
-            self.training_forwards += 1
-            if self.poison_from and self.training_forwards >= self.poison_from:
-                scores = scores * self.poison
-        return scores
-
-
-def use_model(monkeypatch, model: nn.Module) -> None:
+def use_model(monkeypatch, model: torch.nn.Module) -> None:
     """Make the training script train `model` instead of a fresh HyperIQA."""
     monkeypatch.setattr(HyperIQASolver, "build_model", lambda **kwargs: model)
 
@@ -148,7 +130,7 @@ def mode_images(folder) -> dict[str, np.ndarray]:
 
 def test_grayscale_palette_rgba_cmyk_and_16_bit_images_become_8_bit_rgb(tmp_path):
     for name, expected in mode_images(tmp_path).items():
-        img = folders.load_image(tmp_path / name)
+        img = images.load_image(tmp_path / name)
         assert img.mode == "RGB", name
         assert np.array_equal(np.asarray(img), expected), name
 
@@ -157,7 +139,7 @@ def test_every_mode_trains_through_the_command_line(tmp_path, capsys, monkeypatc
     expected = mode_images(tmp_path / "data")
     with open(tmp_path / "data" / "labels.csv", "w") as f:
         f.write("image,mos\n" + "".join(f"{name},{10 * (i + 1)}\n" for i, name in enumerate(sorted(expected))))
-    use_model(monkeypatch, CheapIQA())
+    use_model(monkeypatch, StandInScoreModel())
     status, stdout, stderr = run_main(train_test_IQA_sparsity, [
         "--dataset", "csv", "--dataset_path", tmp_path / "data", "--epochs", "1", "--checkpoint_dir", tmp_path / "ck",
         *TINY_TRAINING], capsys, monkeypatch)
@@ -167,7 +149,7 @@ def test_every_mode_trains_through_the_command_line(tmp_path, capsys, monkeypatc
 
 def test_an_image_smaller_than_a_patch_stops_unless_upscaling_is_asked(tmp_path, capsys, monkeypatch):
     image = write_png(tmp_path / "small.png", size=(300, 200))  # width x height
-    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: CheapIQA().eval())  # any score model will do
+    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: StandInScoreModel().eval())  # any score model will do
     common = ["--img_name", image, "--checkpoint", "model.pth", "--patch_num", "2", "--device", "cpu",
               "--save_dir", tmp_path / "adv"]
     status, _, stderr = run_main(FGSM_demo, common, capsys, monkeypatch)
@@ -195,7 +177,7 @@ def test_a_bad_or_small_image_of_a_data_set_names_its_index_and_path(tmp_path, c
     train, _ = split_samples(folders.list_samples("csv", tmp_path / "data"), "csv", seed=919)
     common = ["--dataset", "csv", "--dataset_path", tmp_path / "data", "--epochs", "1",
               "--checkpoint_dir", tmp_path / "ck", *TINY_TRAINING]
-    use_model(monkeypatch, CheapIQA())
+    use_model(monkeypatch, StandInScoreModel())
     write_png(train[2].path, size=(300, 200))
     status, _, stderr = run_main(train_test_IQA_sparsity, common, capsys, monkeypatch)
     assert (f"image 2 of the csv training set ({train[2].path}): image of 300x200 pixels is smaller than the "
@@ -303,7 +285,7 @@ def test_bad_inputs_through_the_real_command_line(tmp_path, run_cli):
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
 def test_a_diverging_loss_stops_the_script_naming_epoch_and_step(tmp_path, capsys, monkeypatch, poison):
     fake_datasets.make_csv(tmp_path / "data", count=3)  # 2 training images: one step per epoch
-    use_model(monkeypatch, CheapIQA(poison, poison_from=2))  # the first step of epoch 2 diverges
+    use_model(monkeypatch, StandInScoreModel(poison=poison, poison_after=1))  # the first step of epoch 2 diverges
     status, stdout, stderr = run_main(train_test_IQA_sparsity, [
         "--dataset", "csv", "--dataset_path", tmp_path / "data", "--epochs", "3", "--checkpoint_dir", tmp_path / "ck",
         *TINY_TRAINING], capsys, monkeypatch)
@@ -311,14 +293,14 @@ def test_a_diverging_loss_stops_the_script_naming_epoch_and_step(tmp_path, capsy
     line = error_line(status, stderr)
     assert f"the training loss became {poison} at epoch 2, step 1; stopped (the best checkpoint so far stays at {best})" in line
     assert torch.load(best, weights_only=True)["epoch"] == 1  # the last good checkpoint is kept
-    state = torch.load(HyperIQASolver.resume_state_path(best), weights_only=True)["progress"]
+    state = torch.load(resume_state_path(best), weights_only=True)["progress"]
     assert (state["epoch"], state["step"]) == (1, 0)  # and the state resumes from the end of epoch 1
     assert [row.split("\t")[0] for row in stdout.splitlines() if row[:1].isdigit()] == ["1"]
 
 
 def test_a_crash_while_saving_keeps_the_files_of_the_last_epoch(tmp_path, capsys, monkeypatch):
     fake_datasets.make_csv(tmp_path / "data", count=3)
-    use_model(monkeypatch, CheapIQA())
+    use_model(monkeypatch, StandInScoreModel())
     save, calls = torch.save, []
 
     def disk_full_after_epoch_one(obj, f, *args, **kwargs):
@@ -337,7 +319,7 @@ def test_a_crash_while_saving_keeps_the_files_of_the_last_epoch(tmp_path, capsys
     assert len(calls) == 3
     best = tmp_path / "ck" / models.checkpoint_name("csv", 2, False)
     assert torch.load(best, weights_only=True)["epoch"] == 1
-    assert torch.load(HyperIQASolver.resume_state_path(best), weights_only=True)["progress"]["epoch"] == 1
+    assert torch.load(resume_state_path(best), weights_only=True)["progress"]["epoch"] == 1
     assert sorted(p.suffix for p in (tmp_path / "ck").iterdir()) == [".log", ".pth", ".pth"]  # no temporary file
 
 
@@ -380,7 +362,7 @@ def test_same_seed_same_split_patches_and_attack_results(tmp_path, capsys, monke
     samples = folders.list_samples("csv", tmp_path / "data")
     test_919, test_3 = (split_samples(samples, "csv", seed=seed)[1] for seed in (919, 3))
     assert test_919 != test_3  # the seed decides the split
-    model = CheapIQA().eval()  # the pipeline's randomness does not depend on the model: a cheap one
+    model = StandInScoreModel().eval()  # the pipeline's randomness does not depend on the model: a cheap one
     monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: model)
 
     def evaluate(seed: int, out: str) -> dict:
@@ -396,6 +378,26 @@ def test_same_seed_same_split_patches_and_attack_results(tmp_path, capsys, monke
     assert a["images"] == b["images"] == [{"path": s.path, "mos": s.mos} for s in test_919]
     assert c["images"] == [{"path": s.path, "mos": s.mos} for s in test_3]
     assert a["scores"] == b["scores"]  # clean scores (so the patches), gradient norms and PGD results
-    # the patches are those the training script's test loader draws with this seed
-    patches = ImagePatches(test_919, "csv", 4, train=False, seed=919).patches(0, epoch=0).float() / 255
-    assert a["scores"]["model"]["clean"] == pytest.approx([attacks.score_patches(model, patches).mean().item()], rel=RTOL)
+    assert a["scores"]["model"]["clean"] != c["scores"]["model"]["clean"]
+
+
+@pytest.mark.parametrize("round_index", [0, 1])
+def test_evaluation_patches_are_those_of_the_training_scripts_test_loader(tmp_path, capsys, monkeypatch, round_index):
+    fake_datasets.make_csv(tmp_path / "data", count=6)
+    model = StandInScoreModel().eval()
+    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: model)
+    status, _, stderr = run_main(evaluate_robustness, [
+        "--dataset", "csv", "--dataset_path", tmp_path / "data", "--checkpoint", "model.pth", "--attack", "fgsm",
+        "--patch_num", "3", "--seed", "5", "--round", round_index, "--out_dir", tmp_path / "out", "--device", "cpu"],
+        capsys, monkeypatch)
+    assert status == 0, stderr
+    report = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    # the test loader of that round, as the training script's solver gets it (HyperIQASolver.train_and_test)
+    train, test = split_samples(folders.list_samples("csv", tmp_path / "data"), "csv", seed=5, round_index=round_index)
+    config = TrainConfig(dataset="csv", test_patch_num=3, batch_size=2, seed=5, train_test_num=2)
+    test_loader = HyperIQASolver.round_loaders(config, train, test, round_index, "cpu").test
+    assert [image["path"] for image in report["images"]] == [s.path for s in test]
+    first_epoch = HyperIQASolver.predict_images(model, test_loader, epoch=0)
+    assert report["scores"]["model"]["clean"] == pytest.approx(first_epoch.tolist(), rel=RTOL)
+    later_epoch = HyperIQASolver.predict_images(model, test_loader, epoch=1)
+    assert report["scores"]["model"]["clean"] != pytest.approx(later_epoch.tolist(), rel=RTOL)

@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
 
 import folders
 import models
-from data_loader import split_samples
-from HyperIQASolver import (HyperIQASolver, TrainConfig, TrainingDiverged, hyper_network_lr, load_training_state,
-                            parameter_groups)
+from HyperIQASolver import (HyperIQASolver, TrainingDiverged, build_optimizer, hyper_network_lr, load_training_state,
+                            parameter_groups, round_loaders, train_step)
+from nt_regularizer import nt_loss
+from splits import split_samples
 from tests import fake_datasets
+from tests.stand_in import StandInScoreModel
+from train_config import RunFiles, TrainConfig
 
 MAIN = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--no_pretrained", "--train_patch_num", "1", "--test_patch_num", "1", "--batch_size", "2",
@@ -44,21 +47,6 @@ def results_table(stdout: str) -> list[str]:
             if line.startswith((TABLE_HEADER, "Best test", "Testing median")) or line[:1].isdigit()]
 
 
-class TinyIQA(nn.Module):
-    """A cheap stand-in score model with the parameter layout the solver expects (`res` = backbone)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.res = nn.Conv2d(3, 4, kernel_size=32, stride=32)
-        self.head = nn.Linear(4, 1)
-        self.poison = None  # a value multiplied into the scores, to make the loss diverge
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        scores = 50.0 + 10.0 * self.head(self.res(images).mean(dim=(2, 3))).view(-1)
-        return scores if self.poison is None else scores * self.poison
-
-
 @pytest.fixture
 def three_image_split(tmp_path):
     """(train, test) of a fake CSV set of 3 images: 2 for training (one step per epoch), 1 for testing."""
@@ -70,12 +58,18 @@ def tiny_config(**changes) -> TrainConfig:
     return TrainConfig(**{**dict(dataset="csv", batch_size=2, epochs=2, train_patch_num=1, test_patch_num=1), **changes})
 
 
+def tiny_solver(config: TrainConfig, split, model, best: Path, state: Path | None = None) -> HyperIQASolver:
+    """A solver of round 0 of `split` (train, test) writing `best` and `state`, printing nothing."""
+    loaders = round_loaders(config, *split, round_index=0, device="cpu")
+    return HyperIQASolver(config, model, loaders, RunFiles(best, state, best.with_suffix(".log")),
+                          log=lambda line: None)
+
+
 # -- end to end
 
 
 def test_one_epoch_with_and_without_nt_saves_checkpoints_that_load_strictly(tmp_path):
     fake_datasets.make_livec(tmp_path / "livec", count=3)
-    states = {}
     for if_grad in (False, True):
         result = run_script("--dataset", "livec", "--dataset_path", tmp_path / "livec", "--epochs", "1",
                             "--checkpoint_dir", tmp_path / "ck", *TINY_RUN, *(["--if_grad"] if if_grad else []))
@@ -84,14 +78,32 @@ def test_one_epoch_with_and_without_nt_saves_checkpoints_that_load_strictly(tmp_
         models.load_checkpoint(models.HyperIQA(), path)  # strict: every key and shape of the released model
         payload = torch.load(path, map_location="cpu", weights_only=True)
         assert payload["epoch"] == 1 and payload["config"]["if_grad"] is if_grad and payload["optimizer"] is not None
-        states[if_grad] = payload["model"]
         table = results_table(result.stdout)
         assert table[0] == TABLE_HEADER and table[1].split("\t")[0] == "1" and float(table[1].split()[1]) > 0
         assert table[-1].startswith("Testing median SRCC")
         assert "epoch 1, step 1/1" in result.stderr  # progress
         assert path.with_suffix(".log").read_text().splitlines() == result.stdout.splitlines()
-    # same seed, same data: only the NT penalty can make the two models differ
-    assert any(not torch.equal(states[False][k], states[True][k]) for k in states[False])
+
+
+@pytest.mark.parametrize("if_grad", [False, True])
+def test_a_training_step_follows_the_gradient_of_its_loss(if_grad):
+    """The step's parameter gradients are those of L1 (+ weight x the NT penalty), computed here
+    independently on a copy of the model; the step then moves the weights."""
+    config = TrainConfig(batch_size=3, if_grad=if_grad, weight=0.5)
+    model, reference = StandInScoreModel().train(), StandInScoreModel().train()
+    images, mos = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([20.0, 50.0, 80.0])
+    loss = nt_loss(reference, images, mos, weight=0.5).total if if_grad else F.l1_loss(reference(images), mos)
+    expected = torch.autograd.grad(loss, list(reference.parameters()))
+    plain = torch.autograd.grad(F.l1_loss(reference(images), mos), list(reference.parameters()))
+    before = [p.detach().clone() for p in model.parameters()]
+    value, scores = train_step(model, build_optimizer(model, config, 0), images, mos, config)
+    assert value == pytest.approx(loss.item(), rel=1e-6) and scores.shape == (3,)
+    for param, grad, l1_grad, old in zip(model.parameters(), expected, plain, before):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(param.detach(), old)
+    # the penalty moves the gradient away from the L1 one (and without NT it is exactly the L1 one)
+    difference = max((g - p).abs().max().item() for g, p in zip(expected, plain))
+    assert difference > 1e-3 if if_grad else difference == 0
 
 
 # -- the schedule
@@ -107,8 +119,7 @@ def test_hyper_network_lr_follows_the_released_update_rule():
 def test_released_schedule_freezes_the_hyper_network_after_epoch_one(three_image_split, tmp_path, schedule):
     torch.manual_seed(0)
     model = models.build_model()
-    solver = HyperIQASolver(tiny_config(schedule=schedule), *three_image_split, model, "cpu",
-                            tmp_path / "best.pth", log=lambda line: None)
+    solver = tiny_solver(tiny_config(schedule=schedule), three_image_split, model, tmp_path / "best.pth")
 
     def snapshot():
         return [[p.detach().clone() for p in group] for group in parameter_groups(model)]
@@ -167,9 +178,9 @@ def test_ctrl_c_saves_a_state_and_resume_gives_the_uninterrupted_results(tmp_pat
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
 def test_a_diverging_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_files(three_image_split, tmp_path, poison):
-    model = TinyIQA()
+    model = StandInScoreModel()
     best, state = tmp_path / "best.pth", tmp_path / "state.pth"
-    solver = HyperIQASolver(tiny_config(), *three_image_split, model, "cpu", best, state, log=lambda line: None)
+    solver = tiny_solver(tiny_config(), three_image_split, model, best, state)
     solver.run_epoch(0)
     kept = {path: path.read_bytes() for path in (best, state)}
     model.poison = poison
@@ -180,7 +191,7 @@ def test_a_diverging_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_fi
 
 def test_a_crash_while_saving_leaves_the_previous_files_whole(three_image_split, tmp_path, monkeypatch):
     best, state = tmp_path / "best.pth", tmp_path / "state.pth"
-    solver = HyperIQASolver(tiny_config(), *three_image_split, TinyIQA(), "cpu", best, state, log=lambda line: None)
+    solver = tiny_solver(tiny_config(), three_image_split, StandInScoreModel(), best, state)
     solver.run_epoch(0)
     kept = {path: path.read_bytes() for path in (best, state)}
 
@@ -197,12 +208,12 @@ def test_a_crash_while_saving_leaves_the_previous_files_whole(three_image_split,
 
 def test_resume_refuses_other_settings_and_non_state_files(three_image_split, tmp_path):
     state = tmp_path / "state.pth"
-    solver = HyperIQASolver(tiny_config(), *three_image_split, TinyIQA(), "cpu", tmp_path / "best.pth", state)
+    solver = tiny_solver(tiny_config(), three_image_split, StandInScoreModel(), tmp_path / "best.pth", state)
     solver.save_state()
     assert load_training_state(state, tiny_config(epochs=5))["progress"]["epoch"] == 0  # more epochs are fine
     with pytest.raises(ValueError, match=r"--lr 2e-05 \(now 0.001\)"):
         load_training_state(state, dataclasses.replace(tiny_config(), lr=1e-3))
-    models.save_checkpoint(tmp_path / "best.pth", TinyIQA())
+    models.save_checkpoint(tmp_path / "best.pth", StandInScoreModel())
     with pytest.raises(ValueError, match="not a resumable training state"):
         load_training_state(tmp_path / "best.pth", tiny_config())
     with pytest.raises(FileNotFoundError, match="no resumable state at .*missing.pth"):

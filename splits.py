@@ -1,0 +1,101 @@
+"""Train/test splits of a data set, and the reading of split files.
+
+The units of a split are the distinct `content` values of the samples: the reference images for
+live, csiq, tid2013 and synthetic (no scene on both sides), single images otherwise. The paper's
+LIVEC split comes as a pickled list of 1162 image indices (the first 930 for training); it is read
+here without running any pickle code.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from typing import Sequence
+
+import numpy as np
+
+import folders
+from folders import Sample
+from seeding import DEFAULT_SEED, SPLIT, derived_seed
+
+TRAIN_RATIO = 0.8  # share of the units (images, or reference images) used for training
+
+
+def split_samples(samples: Sequence[Sample], dataset: str, seed: int = DEFAULT_SEED, round_index: int = 0,
+                  train_ratio: float = TRAIN_RATIO, split_file: str | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Split `samples` into (train, test) lists.
+
+    The units of the split are the distinct `content` values in order of first appearance: the
+    reference images for live, csiq, tid2013 and synthetic (no scene on both sides), single images
+    for the other data sets (whose content is the image path). The first round(train_ratio x units)
+    units of an order go to training, the rest to testing. The order is read from `split_file` (a
+    list of unit indices, e.g. the paper's LIVEC split: 1162 indices, the first 930 for training), or
+    else is a permutation seeded by (seed, round_index).
+    """
+    if dataset not in folders.DATASETS:
+        raise ValueError(f"unknown data set {dataset!r}; valid: {', '.join(folders.DATASETS)}")
+    if not 0 < train_ratio < 1:
+        raise ValueError(f"train_ratio must be between 0 and 1, got {train_ratio}")
+    units: dict[str, list[int]] = {}
+    for position, sample in enumerate(samples):
+        units.setdefault(sample.content, []).append(position)
+    groups = list(units.values())
+    if split_file is not None:
+        order = read_split_file(split_file)
+        bad = [i for i in order if not 0 <= i < len(groups)]
+        if bad:
+            raise ValueError(f"split file {split_file} holds index {bad[0]}, out of range for the "
+                             f"{len(groups)} {'reference images' if len(groups) < len(samples) else 'images'} of {dataset}")
+        if len(set(order)) != len(order):
+            raise ValueError(f"split file {split_file} lists an index more than once")
+    else:
+        order = np.random.default_rng(derived_seed(seed, SPLIT, round_index)).permutation(len(groups)).tolist()
+    train_units = int(round(train_ratio * len(order)))  # Python's round, as released
+    if not 0 < train_units < len(order):
+        raise ValueError(f"cannot split {len(order)} unit(s) of {dataset} into non-empty training and test sets; "
+                         "the data set needs at least 3 images (3 reference images for live, csiq, tid2013, synthetic)")
+    train = [samples[i] for unit in order[:train_units] for i in groups[unit]]
+    test = [samples[i] for unit in order[train_units:] for i in groups[unit]]
+    return train, test
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data only. Every class or function reference, the way a pickle runs code, is
+    refused, except the NumPy constructors of arrays, scalars and dtypes (a split saved from NumPy)."""
+
+    NUMPY_CONSTRUCTORS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                          ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                          ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.NUMPY_CONSTRUCTORS:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a split file may hold only a list of integers")
+        if module == "numpy":
+            return getattr(np, name)
+        return getattr(np._core.multiarray, name)
+
+
+def read_split_file(path: str) -> list[int]:
+    """The list of integer indices stored in `path`: JSON (a list) or a pickle of a list/array of ints.
+
+    The pickle is read without running code (see `_DataOnlyUnpickler`). Raises FileNotFoundError,
+    or ValueError naming the file and what is wrong with it.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"split file not found: {path}") from None
+    try:
+        if data.lstrip()[:1] == b"[":
+            values = json.loads(data.decode("utf-8"))
+        else:
+            values = _DataOnlyUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, ValueError, EOFError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"cannot read split file {path} (expected a JSON list or a pickled list of integers): {exc}") from None
+    if isinstance(values, np.ndarray):
+        values = values.tolist() if values.ndim == 1 and values.dtype.kind in "iu" else None
+    if not isinstance(values, (list, tuple)) or not values or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"split file {path} must hold a non-empty list of integers")
+    return [int(v) for v in values]
