@@ -5,21 +5,17 @@
 
 Each job is run "ours" (the code path that the training script, the demos and the robustness
 evaluation run) and "released" (the same job done the way the released code does it, written out
-below). Both get the same inputs on the same device:
+in released_reference.py). Both get the same inputs on the same device:
 
 | job | ours | released |
 |---|---|---|
-| training step, baseline | `HyperIQASolver.train_step`: channels_last model (CPU), fused Adam | NCHW model, PyTorch's default Adam |
-| training step, NT | the same, `nt_loss`: one clean forward serves the L1 loss and the penalty | NCHW, default Adam, three forward passes (`released_three_pass_nt_loss`) |
-| NT, same setup | the same | three passes with our model and optimizer: the gain of the shared forward alone |
+| training step, baseline | `HyperIQASolver.train_step`: channels_last model (CPU), the released Adam (default `--schedule released`) | NCHW model, the released Adam |
+| training step, NT | the same, `nt_loss`: one clean forward serves the L1 loss and the penalty | NCHW, three forward passes (`released_three_pass_nt_loss`) |
+| NT, same setup | the same | three passes with our model placement: the gain of the shared forward alone |
 | training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
 | scoring, gradient norms, I-FGSM on the 25 patches of an image | `attacks`, batched in chunks (`--chunk_size`, default by device) | one patch at a time |
 | data loading, first epoch | a new `data_loader.make_train_loader`: image headers read, each image decoded once and kept, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
 | data loading, later epochs | the same loader's next epochs: the decoded images are held in memory, none is decoded again | the same as its first epoch |
-
-The released one-patch loops are written generously: gradients are taken with respect to the input
-only (the released demos also computed parameter gradients) and the attack direction comes from the
-first step's forward (the released demo ran one more forward of the un-normalized image for it).
 
 Time: the median of `--repeats` timed runs (`--long_repeats` for the 10-step attack) after `--warmup`
 runs; ours and released alternate run by run, so load from other programs hits both alike. Patches
