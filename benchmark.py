@@ -35,15 +35,11 @@ import argparse
 import functools
 import json
 import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import torch
@@ -56,6 +52,7 @@ from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from folders import Sample
 from HyperIQASolver import build_optimizer, train_step
 from images import load_image
+from measurement import SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib, table
 from released_reference import (RELEASED_PATCH_NUM, ReleasedPatchDataset, released_gradient_norms,
                                 released_iterative_fgsm, released_scores, released_train_step)
 from train_config import TrainConfig
@@ -64,7 +61,6 @@ PATCHES_PER_IMAGE = RELEASED_PATCH_NUM  # one image's worth of patches
 LIVEC_SIDE = 500  # LIVEC's photos are 500x500 JPEGs
 JPEG_QUALITY = 90
 QUICK = dict(repeats=1, long_repeats=1, warmup=1, images=8)
-Call = Callable[[], object]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,16 +190,6 @@ class Workbench:
 # The jobs
 
 
-class Job(NamedTuple):
-    key: str  # name for --jobs
-    label: str  # row of the table
-    patches: Callable[[Workbench], int]  # patches processed by one run
-    ours: Callable[[Workbench], Call]
-    released: Callable[[Workbench], Call]
-    warm_with: str | None = None  # warm up with this (cheaper) job's runs instead
-    long: bool = False  # timed --long_repeats times
-
-
 def _per_image(bench: Workbench) -> int:
     return PATCHES_PER_IMAGE
 
@@ -251,7 +237,6 @@ JOBS = (
         lambda b: b.our_epoch(b.args.num_workers, first=False), lambda b: b.released_epoch()),
 )
 JOB_KEYS = tuple(job.key for job in JOBS)
-SIDES = ("ours", "released")
 # (job, side) -> the (job, side) that runs the very same code: one memory measurement serves both.
 SAME_RUN = {("train_nt_same_setup", "ours"): ("train_nt", "ours"), ("train_nt_exact", "released"): ("train_nt", "released")}
 
@@ -262,136 +247,6 @@ def job_list(text: str) -> list[str]:
     if unknown or not keys:
         raise argparse.ArgumentTypeError(f"unknown job {', '.join(unknown) or repr(text)}; valid: {', '.join(JOB_KEYS)}")
     return keys
-
-
-# ---------------------------------------------------------------------------------------------
-# Measuring
-
-
-class Result(NamedTuple):
-    job: Job
-    patches: int
-    times: dict[str, list[float]]  # seconds of each timed run, per side
-    peak_mib: dict[str, float | None]  # per side; None when not measured
-    decodes: dict[str, float]  # image decodes per image and epoch counted in this process, per side
-
-
-def _synchronizer(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def _timed(call: Call, sync: Callable[[], None]) -> float:
-    sync()
-    start = time.perf_counter()
-    call()
-    sync()
-    return time.perf_counter() - start
-
-
-def _cuda_peak_mib(call: Call) -> float:
-    """Extra CUDA memory (MiB) allocated at the peak of one run of `call`."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    call()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-
-
-def measure(job: Job, bench: Workbench, args: argparse.Namespace) -> Result:
-    """Warm up, then time ours and released alternately; on CUDA, peak memory of each side's first run."""
-    sync = _synchronizer(bench.device)
-    calls = {"ours": job.ours(bench), "released": job.released(bench)}
-    warm = calls
-    if job.warm_with is not None:
-        warm_job = next(j for j in JOBS if j.key == job.warm_with)
-        warm = {"ours": warm_job.ours(bench), "released": warm_job.released(bench)}
-    peak: dict[str, float | None] = {side: None for side in SIDES}
-    if bench.device.type == "cuda" and not args.no_memory:
-        for side in SIDES:
-            peak[side] = _cuda_peak_mib(calls[side])
-    for side in SIDES:
-        for _ in range(args.warmup):
-            warm[side]()
-    times: dict[str, list[float]] = {side: [] for side in SIDES}
-    decodes_before = dict(bench.decodes)
-    for run in range(args.long_repeats if job.long else args.repeats):
-        for side in SIDES if run % 2 == 0 else SIDES[::-1]:
-            times[side].append(_timed(calls[side], sync))
-    decodes = {side: (bench.decodes[side] - decodes_before[side]) / (len(times[side]) * args.images) for side in SIDES}
-    return Result(job, job.patches(bench), times, peak, decodes)
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-def probe_peak_mib(job: Job, side: str, bench: Workbench) -> float:
-    """In this (fresh) process: peak resident memory (MiB) of one run of the job above the resident
-    memory just before it. The peak counter (VmHWM) is reset through /proc/self/clear_refs; where
-    that is refused, the process's lifetime peak (ru_maxrss) stands in."""
-    call = job.ours(bench) if side == "ours" else job.released(bench)
-    before = _status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        reset = True
-    except OSError:
-        reset = False
-    call()
-    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(0, peak - before) / 1024
-
-
-def cpu_peaks_in_fresh_processes(keys: list[str], args: argparse.Namespace, workdir: Path) -> dict[tuple[str, str], float]:
-    """Peak memory (MiB) of each job and side, each in its own fresh process (see `probe_peak_mib`)."""
-    peaks = {}
-    for key, side in dict.fromkeys(SAME_RUN.get((key, side), (key, side)) for key in keys for side in SIDES):
-        command = [sys.executable, os.path.abspath(__file__), "--probe", f"{key}:{side}", "--workdir", str(workdir),
-                   "--device", "cpu", "--batch_size", str(args.batch_size), "--images", str(args.images),
-                   "--num_workers", str(args.num_workers)]
-        if args.chunk_size is not None:
-            command += ["--chunk_size", str(args.chunk_size)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"memory probe {key}:{side} failed: {done.stderr.strip().splitlines()[-1:]}")
-        peaks[key, side] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
-        print(f"  memory {key} {side}: {peaks[key, side]:.0f} MiB", file=sys.stderr, flush=True)
-    return {(key, side): peaks[SAME_RUN.get((key, side), (key, side))] for key in keys for side in SIDES}
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    name = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores, {torch.get_num_threads()} PyTorch threads"
-
-
-def table(results: list[Result]) -> str:
-    """The results as a Markdown table: patches/s of each side, time ratio, peak memory."""
-    lines = ["| job | patches | ours patches/s | released patches/s | time ours/released | peak MiB ours | peak MiB released |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        median = {side: statistics.median(r.times[side]) for side in SIDES}
-        memory = ["-" if r.peak_mib[side] is None else f"{r.peak_mib[side]:.0f}" for side in SIDES]
-        lines.append(f"| {r.job.label.strip()} | {r.patches} | {r.patches / median['ours']:.2f} | "
-                     f"{r.patches / median['released']:.2f} | {median['ours'] / median['released']:.2f} | "
-                     f"{memory[0]} | {memory[1]} |")
-    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -441,9 +296,11 @@ def main(args: argparse.Namespace) -> None:
         results = []
         for job in jobs:
             print(f"timing {job.key} ...", file=sys.stderr, flush=True)
-            results.append(measure(job, bench, args))
+            warm_job = next((j for j in JOBS if j.key == job.warm_with), None)
+            results.append(measure(job, bench, args, warm_job))
         if device.type == "cpu" and not args.no_memory:
-            peaks = cpu_peaks_in_fresh_processes([job.key for job in jobs], args, Path(workdir))
+            peaks = cpu_peaks_in_fresh_processes(os.path.abspath(__file__), [job.key for job in jobs], args,
+                                                 Path(workdir), SAME_RUN)
             results = [r._replace(peak_mib={side: peaks[r.job.key, side] for side in SIDES}) for r in results]
     chunk = args.chunk_size or attacks.default_chunk_size(device)
     print(f"Device: {describe_device(device)}; PyTorch {torch.__version__}")

@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from atomic_file import atomic_write
 

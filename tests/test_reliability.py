@@ -17,7 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-import attacks
 import cli
 import evaluate_robustness
 import FGSM_demo

@@ -4,7 +4,6 @@ End-to-end cases run train_test_IQA_sparsity.py as a user would (a subprocess in
 tiny fake data sets: 240x240 images, one patch per image, batch size 2, --no_pretrained.
 """
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
