@@ -1,6 +1,6 @@
-"""The solver of the released training: optimizer schedules, the training step, the test, and the
-rounds that train_test_IQA_sparsity.py runs, with best-checkpoint saving, a resumable state and
-Ctrl-C handling.
+"""The solver of the released training: the training step, the test, and the rounds that
+train_test_IQA_sparsity.py runs, with best-checkpoint saving, a resumable state, Ctrl-C handling and
+several processes (torchrun); the optimizer and its schedules are in schedule.py.
 
 `train_step` and `predict_images` are plain functions over a model, an optimizer and a loader;
 `HyperIQASolver` runs the epochs of one round around them and keeps its position in a `RunState`,
@@ -25,16 +25,17 @@ import torch.nn.functional as F
 
 import metrics
 from data_loader import DEFAULT_CACHE_GIB, PatchLoader, make_test_loader, make_train_loader
+from distributed import Processes, all_concatenated, all_sum, share_buffers_of_rank_zero, wrap_for_training
 from folders import Sample
 from models import ScoreModel, build_model, save_checkpoint
 from nt_regularizer import nt_loss
+from schedule import advance_schedule, build_optimizer
 from seeding import seed_everything
 from splits import split_samples
 from train_config import RunFiles, TrainConfig
 
-LR_DECAY_EPOCHS = 6  # the hyper-network lr is divided by 10 every 6 epochs
-LAST_EPOCH_WITH_LR_RATIO = 8  # after the update at the end of 0-based epoch 8, the lr ratio is 1
 STATE_FORMAT = 2  # version of the resumable-state payload
+SINGLE_PROCESS = Processes()
 
 
 class TrainingDiverged(ValueError):
@@ -49,64 +50,6 @@ class NonFiniteLoss(ArithmeticError):
         self.value = value
 
 
-def hyper_network_lr(config: TrainConfig, epoch: int) -> float:
-    """Learning rate of the hyper-network group during `epoch` (0-based).
-
-    Released rule, applied at the end of epoch t for the next one: lr / 10 ** (t // 6), times lr_ratio
-    while t <= 8, times 1 afterwards. Epoch 0 uses lr * lr_ratio.
-    """
-    if epoch == 0:
-        return config.lr * config.lr_ratio
-    t = epoch - 1
-    ratio = config.lr_ratio if t <= LAST_EPOCH_WITH_LR_RATIO else 1.0
-    return config.lr / 10 ** (t // LR_DECAY_EPOCHS) * ratio
-
-
-def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(hyper-network parameters, backbone parameters): the backbone is `model.res`, the rest is the
-    hyper network (its 1x1 convs and the weight generators)."""
-    backbone = list(model.res.parameters())
-    in_backbone = {id(p) for p in backbone}
-    return [p for p in model.parameters() if id(p) not in in_backbone], backbone
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig, epoch: int) -> torch.optim.Adam:
-    """The Adam optimizer in use during `epoch`: groups [hyper network, backbone].
-
-    'released': the released code rebuilt Adam at the end of every epoch from the same one-shot
-    iterator of hyper-network parameters, which the first Adam had consumed; so from epoch 1 on the
-    hyper-network group is EMPTY (those weights never change again), only the backbone trains, at a
-    constant lr, and Adam's moments restart each epoch. The paper's numbers were obtained this way.
-    'corrected': one Adam for the whole run (moments kept), both groups train; the hyper-network lr
-    follows `hyper_network_lr` (see `advance_schedule`), the backbone lr stays at lr, as written in
-    the released update rule.
-
-    Under 'released' Adam is built by the released call, `torch.optim.Adam(groups, weight_decay=...)`:
-    PyTorch's default update for the device (a loop over tensors on the CPU, the multi-tensor update
-    on CUDA), the arithmetic of the released code. Under 'corrected' the fused update is used where
-    PyTorch has it: the same mathematics in one pass over memory, equal to the default update up to
-    rounding (about 1e-10 relative after 20 steps).
-    """
-    hyper, backbone = parameter_groups(model)
-    if config.schedule == "released" and epoch > 0:
-        hyper = []
-    groups = [{"params": hyper, "lr": hyper_network_lr(config, epoch)}, {"params": backbone, "lr": config.lr}]
-    if config.schedule == "released":
-        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
-    try:
-        return torch.optim.Adam(groups, weight_decay=config.weight_decay, fused=True)
-    except RuntimeError:  # this PyTorch has no fused Adam for the parameters' device
-        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
-
-
-def advance_schedule(optimizer: torch.optim.Adam, model: nn.Module, config: TrainConfig, epoch: int) -> torch.optim.Adam:
-    """The optimizer for `epoch`, from the one used in epoch - 1 (a new one under 'released')."""
-    if config.schedule == "released":
-        return build_optimizer(model, config, epoch)
-    optimizer.param_groups[0]["lr"] = hyper_network_lr(config, epoch)
-    return optimizer
-
-
 def correlations(predictions: np.ndarray, mos: np.ndarray) -> tuple[float, float]:
     """(SROCC, PLCC) of predictions against MOS; NaN when fewer than 2 images or a constant list."""
     if len(predictions) < 2:
@@ -116,10 +59,12 @@ def correlations(predictions: np.ndarray, mos: np.ndarray) -> tuple[float, float
 
 class StopRequest:
     """While active (a `with` block), the first Ctrl-C (SIGINT) only sets `requested`: the training
-    loop saves a resumable state at the next step boundary and stops. A second Ctrl-C interrupts at once."""
+    loop saves a resumable state at the next step boundary and stops. A second Ctrl-C interrupts at once,
+    unless `patient`: under torchrun a process gets the terminal's SIGINT and the one torchrun forwards,
+    and torchrun itself ends processes that do not stop in time. `quiet`: say nothing (ranks > 0)."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, quiet: bool = False, patient: bool = False):
+        self.requested, self.quiet, self.patient = False, quiet, patient
         self._previous = None
 
     def __enter__(self) -> "StopRequest":
@@ -133,10 +78,14 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            if self.patient:
+                return
             raise KeyboardInterrupt
         self.requested = True
-        print("Ctrl-C: stopping after the current step and saving a resumable state (Ctrl-C again to quit now)",
-              file=sys.stderr, flush=True)
+        if not self.quiet:
+            again = "" if self.patient else " (Ctrl-C again to quit now)"
+            print(f"Ctrl-C: stopping after the current step and saving a resumable state{again}",
+                  file=sys.stderr, flush=True)
 
 
 TABLE_HEADER = "Epoch\tTrain_Loss\tTrain_SRCC\tTest_SRCC\tTest_PLCC"
@@ -162,15 +111,20 @@ def training_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor,
 
 
 def train_step(model: ScoreModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, mos: torch.Tensor,
-               config: TrainConfig) -> tuple[float, torch.Tensor]:
+               config: TrainConfig, loss_scale: float = 1.0,
+               agree: Callable[[float], float] | None = None) -> tuple[float, torch.Tensor]:
     """One optimizer step on a batch: images (B, 3, 224, 224) normalized, mos (B,).
 
-    Returns (loss value, detached clean scores (B,) on the CPU). Raises NonFiniteLoss, before
-    anything is updated, when the loss is not a finite number.
+    loss_scale: a factor on the loss (a process's share of a global batch, see HyperIQASolver);
+    agree: maps this process's loss value to the one all processes agree on (their mean), called
+    before anything is updated. Returns (that loss value, detached clean scores (B,) on the CPU).
+    Raises NonFiniteLoss, before anything is updated, when the loss is not a finite number.
     """
     optimizer.zero_grad()
     loss, scores = training_loss(model, images, mos, config)
-    value = loss.item()
+    if loss_scale != 1.0:
+        loss = loss * loss_scale
+    value = loss.item() if agree is None else agree(loss.item())
     if not math.isfinite(value):
         raise NonFiniteLoss(value)
     loss.backward()
@@ -178,10 +132,20 @@ def train_step(model: ScoreModel, optimizer: torch.optim.Optimizer, images: torc
     return value, scores.detach().cpu()
 
 
+def loss_share(index: torch.Tensor, global_length: int, world_size: int) -> float:
+    """The weight of a process's loss (a mean over its entries) so that the mean over the processes,
+    which DistributedDataParallel takes of the gradients, is the global batch's mean: its real
+    entries (index >= 0) x world_size / the global batch's entries. 1 for equal shares, 0 for a
+    placeholder (data_loader.share_of)."""
+    return int((index >= 0).sum()) * world_size / global_length
+
+
 @torch.inference_mode()
-def predict_images(model: nn.Module, loader: PatchLoader, epoch: int) -> np.ndarray:
+def predict_images(model: nn.Module, loader: PatchLoader, epoch: int,
+                   processes: Processes = SINGLE_PROCESS) -> np.ndarray:
     """Per-image mean prediction (N,) over the patches `loader` draws in `epoch`, in eval mode (the
-    model's mode is restored)."""
+    model's mode is restored). With several processes, each predicts its share of the images and
+    every process gets all the predictions."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(len(loader.samples), dtype=torch.float64, device=loader.device)
@@ -190,6 +154,8 @@ def predict_images(model: nn.Module, loader: PatchLoader, epoch: int) -> np.ndar
         sums.index_add_(0, index, model(images).double())
         counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
     model.train(was_training)
+    all_sum(processes, sums)
+    all_sum(processes, counts)
     return (sums / counts).cpu().numpy()
 
 
@@ -228,14 +194,16 @@ class RoundLoaders(NamedTuple):
 
 
 def round_loaders(config: TrainConfig, train_samples: Sequence[Sample], test_samples: Sequence[Sample],
-                  round_index: int, device: torch.device | str, num_workers: int = 0,
+                  round_index: int, processes: Processes = SINGLE_PROCESS, num_workers: int = 0,
                   cache_gib: float = DEFAULT_CACHE_GIB) -> RoundLoaders:
-    """The training and test loaders of round `round_index`, their random streams keyed by the round."""
+    """The training and test loaders of round `round_index` for this process, their random streams keyed
+    by the round (the same batches and patches whatever the number of processes)."""
+    where = dict(device=processes.device, rank=processes.rank, world_size=processes.world_size)
     return RoundLoaders(
         make_train_loader(train_samples, config.dataset, config.train_patch_num, config.batch_size, config.seed,
-                          round_index, num_workers, device, cache_gib),
+                          round_index, num_workers, cache_gib=cache_gib, **where),
         make_test_loader(test_samples, config.dataset, config.test_patch_num, config.batch_size, config.seed,
-                         round_index, num_workers, device))
+                         round_index, num_workers, **where))
 
 
 class HyperIQASolver:
@@ -249,19 +217,27 @@ class HyperIQASolver:
     the resumable state (model, optimizer, RunState) is written to `files.state`; it is also written
     when `stop` is requested, at the next step boundary.
 
+    Several processes (torchrun): each trains on its share of every global batch, in
+    DistributedDataParallel, with its loss weighted by its share (so the averaged gradient is the
+    global batch's); every step they agree on the loss and on stopping; the test images are shared
+    out and the predictions summed; rank 0 alone logs and writes files.
+
     Loss and test predictions are checked: a NaN or infinite value raises TrainingDiverged naming the
     epoch and step, leaving the checkpoint and state of the last good epoch untouched.
     """
 
-    def __init__(self, config: TrainConfig, model: nn.Module, loaders: RoundLoaders, files: RunFiles,
-                 state: RunState | None = None, stop: StopRequest | None = None, log: Callable[[str], None] = print):
-        self.config, self.model, self.loaders, self.files = config, model, loaders, files
-        self.stop, self.log = stop or StopRequest(), log
+    def __init__(self, config: TrainConfig, network: nn.Module, loaders: RoundLoaders, files: RunFiles,
+                 state: RunState | None = None, stop: StopRequest | None = None, log: Callable[[str], None] = print,
+                 processes: Processes = SINGLE_PROCESS):
+        self.config, self.network, self.loaders, self.files = config, network, loaders, files
+        self.stop, self.log, self.processes = stop or StopRequest(), log, processes
         self.state = state or RunState()
         self.test_mos = np.array([s.mos for s in loaders.test.samples], dtype=np.float64)
-        self.model.train()
-        self.optimizer = build_optimizer(model, config, 0)
+        self.model = wrap_for_training(processes, network, config.sync_bn)  # what the steps run
+        self.network.train()
+        self.optimizer = build_optimizer(network, config, 0)
         self._use_saved_window()
+        self._stop_agreed = False
 
     def _use_saved_window(self) -> None:
         """A resumed run keeps the shuffling windows it started with, whatever the cache budget now."""
@@ -273,6 +249,20 @@ class HyperIQASolver:
     def _where(self, epoch: int, step: int | None = None) -> str:
         where = f"epoch {epoch + 1}" + (f", step {step}" if step is not None else "")
         return (f"round {self.state.round_index + 1}, " if self.config.train_test_num > 1 else "") + where
+
+    def _agree(self, loss: float) -> float:
+        """The mean loss of the step over the processes; also agrees on whether to stop after it."""
+        values = all_sum(self.processes, torch.tensor([loss, float(self.stop.requested)], dtype=torch.float64))
+        self._stop_agreed = bool(values[1] > 0)
+        return values[0].item() / self.processes.world_size
+
+    def _gather_records(self) -> None:
+        """Rank 0 takes the training scores and MOS of every process (for Train_SRCC and the state)."""
+        state = self.state
+        scores = all_concatenated(self.processes, state.epoch_scores)
+        mos = all_concatenated(self.processes, state.epoch_mos)
+        keep = self.processes.is_main
+        state.epoch_scores, state.epoch_mos = (scores, mos) if keep else ([], [])
 
     def train(self) -> tuple[float, float]:
         """Train from the current position to the last epoch; return the best (SROCC, PLCC)."""
@@ -287,39 +277,45 @@ class HyperIQASolver:
 
     def run_epoch(self, epoch: int) -> None:
         """Train `epoch` (from the current step), test, keep the best checkpoint, prepare the next epoch."""
-        state, steps = self.state, len(self.loaders.train)
+        state, steps, world = self.state, len(self.loaders.train), self.processes.world_size
         report_every = max(1, steps // 10)
         started, first_step = time.perf_counter(), state.step
-        for images, mos, _ in self.loaders.train.batches(epoch, start_batch=state.step):
+        for images, mos, index in self.loaders.train.batches(epoch, start_batch=state.step):
+            real = (index >= 0).cpu()
+            share = loss_share(index, self.loaders.train.global_batch_length(state.step), world)
             try:
-                loss, scores = train_step(self.model, self.optimizer, images, mos, self.config)
+                loss, scores = train_step(self.model, self.optimizer, images, mos, self.config, share, self._agree)
             except NonFiniteLoss as exc:
                 raise TrainingDiverged(f"{exc} at {self._where(epoch, state.step + 1)}; stopped ({self._kept()}); "
                                        "try a lower --lr") from None
             state.step += 1
             state.epoch_losses.append(loss)
-            state.epoch_scores += scores.tolist()
-            state.epoch_mos += mos.tolist()
-            if state.step == first_step + 1 or state.step % report_every == 0 or state.step == steps:
+            state.epoch_scores += scores[real].tolist()
+            state.epoch_mos += mos.cpu()[real].tolist()
+            if self.processes.is_main and (state.step == first_step + 1 or state.step % report_every == 0
+                                           or state.step == steps):
                 seconds = (time.perf_counter() - started) / (state.step - first_step)
                 print(f"{self._where(epoch, state.step)}/{steps}: loss {np.mean(state.epoch_losses):.3f}, "
                       f"{seconds:.2f} s/step", file=sys.stderr, flush=True)
-            if self.stop.requested:
+            if self._stop_agreed:
                 self._stop(epoch)
+        self._gather_records()
         train_srcc = correlations(np.array(state.epoch_scores), np.array(state.epoch_mos))[0]
-        predictions = predict_images(self.model, self.loaders.test, epoch)
+        share_buffers_of_rank_zero(self.processes, self.network)
+        predictions = predict_images(self.network, self.loaders.test, epoch, self.processes)
         if not np.isfinite(predictions).all():
             raise TrainingDiverged(f"the test predictions are not finite numbers after {self._where(epoch)}; "
                                    f"stopped ({self._kept()}); try a lower --lr")
         test_srcc, test_plcc = correlations(predictions, self.test_mos)
         if state.best is None or test_srcc > state.best[0]:  # NaN never beats a number
             state.best = [test_srcc, test_plcc]
-            save_checkpoint(self.files.checkpoint, self.model, self.optimizer, epoch=epoch + 1, srocc=test_srcc,
-                            plcc=test_plcc, config=asdict(self.config))
+            if self.processes.is_main:
+                save_checkpoint(self.files.checkpoint, self.network, self.optimizer, epoch=epoch + 1,
+                                srocc=test_srcc, plcc=test_plcc, config=asdict(self.config))
         row = [epoch + 1, float(np.mean(state.epoch_losses)), train_srcc, test_srcc, test_plcc]
         state.rows.append(row)
         self.log(table_row(*row))
-        self.optimizer = advance_schedule(self.optimizer, self.model, self.config, epoch + 1)
+        self.optimizer = advance_schedule(self.optimizer, self.network, self.config, epoch + 1)
         state.next_epoch()
         self.save_state()
         if self.stop.requested:
@@ -333,8 +329,9 @@ class HyperIQASolver:
     def _stop(self, epoch: int) -> None:
         self.save_state()
         where = self._where(epoch, self.state.step) if self.state.step else f"the start of {self._where(epoch)}"
-        print(f"stopped at {where}; resumable state saved to {self.files.state}; continue with --resume",
-              file=sys.stderr, flush=True)
+        if self.processes.is_main:
+            print(f"stopped at {where}; resumable state saved to {self.files.state}; continue with --resume",
+                  file=sys.stderr, flush=True)
         raise KeyboardInterrupt
 
     def finish_round(self, result: tuple[float, float]) -> None:
@@ -345,17 +342,22 @@ class HyperIQASolver:
     # -- resumable state
 
     def save_state(self) -> None:
-        """Write the resumable state (atomically) to `state_path`, if there is one."""
-        if self.files.state is None:
+        """Write the resumable state (atomically) to `files.state`, if there is one (rank 0; every
+        process takes part, to hand over its records)."""
+        self._gather_records()
+        if self.files.state is None or not self.processes.is_main:
             return
-        save_checkpoint(self.files.state, self.model, self.optimizer, config=asdict(self.config),
+        save_checkpoint(self.files.state, self.network, self.optimizer, config=asdict(self.config),
                         progress={"format": STATE_FORMAT, **asdict(self.state)})
 
     def restore(self, saved: Mapping) -> None:
-        """Continue from a state written by `save_state` (see `load_training_state`)."""
+        """Continue from a state written by `save_state` (see `load_training_state`); with several
+        processes, rank 0 takes the saved records, and the batches are the same global batches."""
         self.state = RunState.from_saved(saved)
-        self.model.load_state_dict(saved["model"])
-        self.optimizer = build_optimizer(self.model, self.config, self.state.epoch)
+        if not self.processes.is_main:
+            self.state.epoch_scores, self.state.epoch_mos = [], []
+        self.network.load_state_dict(saved["model"])
+        self.optimizer = build_optimizer(self.network, self.config, self.state.epoch)
         self.optimizer.load_state_dict(saved["optimizer"])
         self._use_saved_window()
 
@@ -384,36 +386,38 @@ def load_training_state(path: str | os.PathLike, config: TrainConfig) -> dict:
     return state
 
 
-def train_and_test(config: TrainConfig, samples: Sequence[Sample], device: torch.device | str,
+def train_and_test(config: TrainConfig, samples: Sequence[Sample], processes: Processes,
                    checkpoint_dir: str | os.PathLike, split_file: str | None = None, pretrained: bool = True,
                    backbone_weights: str | None = None, num_workers: int = 0, cache_gib: float = DEFAULT_CACHE_GIB,
                    resume: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> list[tuple[float, float]]:
-    """All `config.train_test_num` rounds: split, fresh model, `HyperIQASolver.train()`.
+    """All `config.train_test_num` rounds: split, fresh model, `HyperIQASolver.train()`, in this process
+    of `processes` (distributed.start).
 
     Returns the best (SROCC, PLCC) of each round. The best checkpoint of each round is written to
     `config.run_files(checkpoint_dir).checkpoint` (a later round overwrites it, as released) and the
-    resumable state beside it. With `resume` (a state path), the run continues
-    where that state stopped. Ctrl-C stops after saving the state (KeyboardInterrupt is raised).
+    resumable state beside it. With `resume` (a state path), the run continues where that state
+    stopped, with any number of processes (the same global batches; see HyperIQASolver.restore).
+    Ctrl-C stops after saving the state (KeyboardInterrupt is raised).
     """
     files = config.run_files(checkpoint_dir)
     saved = load_training_state(resume, config) if resume is not None else None
     saved_state = RunState.from_saved(saved) if saved else None
     results = [tuple(r) for r in saved_state.rounds_done] if saved_state else []
-    if saved_state:
+    if saved_state and processes.is_main:
         where = (f"round {saved_state.round_index + 1}, epoch {saved_state.epoch + 1}, step {saved_state.step}"
                  if saved_state.round_index == len(results) else f"round {len(results) + 1}")
         print(f"resuming from {resume} at {where}", file=sys.stderr, flush=True)
-    with StopRequest() as stop:
+    with StopRequest(quiet=not processes.is_main, patient=processes.launched) as stop:
         for round_index in range(len(results), config.train_test_num):
             log("Round %d" % (round_index + 1))
             train, test = split_samples(samples, config.dataset, config.seed, round_index, split_file=split_file)
             resuming = saved_state is not None and saved_state.round_index == round_index
             seed_everything(config.seed + round_index)
-            model = build_model(pretrained_backbone=pretrained and not resuming,
-                                backbone_weights=None if resuming else backbone_weights, device=device)
-            loaders = round_loaders(config, train, test, round_index, device, num_workers, cache_gib)
+            network = build_model(pretrained_backbone=pretrained and not resuming,
+                                  backbone_weights=None if resuming else backbone_weights, device=processes.device)
+            loaders = round_loaders(config, train, test, round_index, processes, num_workers, cache_gib)
             state = RunState(round_index=round_index, rounds_done=[list(r) for r in results])
-            solver = HyperIQASolver(config, model, loaders, files, state, stop, log)
+            solver = HyperIQASolver(config, network, loaders, files, state, stop, log, processes)
             if resuming:
                 solver.restore(saved)
             results.append(solver.train())

@@ -35,6 +35,7 @@ import argparse
 import functools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,14 +48,16 @@ from PIL import Image
 
 import attacks
 import cli
+import distributed
 import models
 from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from folders import Sample
-from HyperIQASolver import build_optimizer, train_step
+from HyperIQASolver import train_step
 from images import load_image
 from measurement import SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib, table
 from released_reference import (RELEASED_PATCH_NUM, ReleasedPatchDataset, released_gradient_norms,
                                 released_iterative_fgsm, released_scores, released_train_step)
+from schedule import build_optimizer
 from train_config import TrainConfig
 
 PATCHES_PER_IMAGE = RELEASED_PATCH_NUM  # one image's worth of patches
@@ -249,6 +252,61 @@ def job_list(text: str) -> list[str]:
     return keys
 
 
+# ---------------------------------------------------------------------------------------------
+# Several processes: training throughput with N processes against 1 (for a multi-GPU machine)
+
+
+def scaling_worker(args: argparse.Namespace) -> None:
+    """Under torchrun: `--repeats` timed training steps of HyperIQA (after `--warmup`), each process on
+    its share of a global batch of `--batch_size` random patches, in DistributedDataParallel; rank 0
+    prints the seconds per step as JSON."""
+    processes = distributed.start(args.device)
+    config = TrainConfig(batch_size=args.batch_size, if_grad=args.scaling_loss == "nt")
+    torch.manual_seed(0)
+    network = models.build_model(device=processes.device).train()
+    model = distributed.wrap_for_training(processes, network)
+    optimizer = build_optimizer(network, config, 0)
+    local = args.batch_size // processes.world_size
+    generator = torch.Generator().manual_seed(processes.rank)
+    images = models.normalize(torch.rand((local, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator))
+    images, mos = images.to(processes.device), (100 * torch.rand(local, generator=generator)).to(processes.device)
+    sync = torch.cuda.synchronize if processes.device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        train_step(model, optimizer, images, mos, config)
+    sync()
+    distributed.wait_for_all(processes)
+    started = time.perf_counter()
+    for _ in range(args.repeats):
+        train_step(model, optimizer, images, mos, config)
+    sync()
+    distributed.wait_for_all(processes)
+    if processes.is_main:
+        print(json.dumps({"seconds_per_step": (time.perf_counter() - started) / args.repeats}))
+    distributed.stop(processes)
+
+
+def measure_scaling(args: argparse.Namespace) -> str:
+    """Seconds per training step with 1 and with `--scaling` processes on this machine (torchrun,
+    one per GPU on CUDA), the same global batch; a Markdown table of throughput, speed-up, efficiency."""
+    lines = ["| loss | processes | global batch | steps/s | patches/s | speed-up | efficiency |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for loss in ("baseline", "nt"):
+        seconds = {}
+        for count in (1, args.scaling):
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(count),
+                       os.path.abspath(__file__), "--scaling_worker", "--scaling_loss", loss, "--device", args.device,
+                       "--batch_size", str(args.batch_size), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            print(f"timing {loss} training steps with {count} process(es) ...", file=sys.stderr, flush=True)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"the {count}-process run failed: {done.stderr.strip().splitlines()[-1:]}")
+            seconds[count] = json.loads(done.stdout.strip().splitlines()[-1])["seconds_per_step"]
+            speedup = seconds[1] / seconds[count]
+            lines.append(f"| {loss} | {count} | {args.batch_size} | {1 / seconds[count]:.2f} | "
+                         f"{args.batch_size / seconds[count]:.1f} | {speedup:.2f} | {speedup / count:.0%} |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -271,6 +329,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a rough look: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items()) + ", --no_memory "
                              "(flags given explicitly win)")
+    parser.add_argument("--scaling", type=cli.positive_int, default=None, metavar="N",
+                        help="instead of the jobs: training throughput (baseline and NT steps, --batch_size patches "
+                             "over all processes, --repeats steps) with N processes (torchrun) against 1; for a "
+                             "machine with N GPUs (on a few CPU cores the processes only share the cores)")
+    parser.add_argument("--scaling_worker", action="store_true", help=argparse.SUPPRESS)  # one process of --scaling
+    parser.add_argument("--scaling_loss", choices=("baseline", "nt"), default="nt", help=argparse.SUPPRESS)
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # JOB:SIDE, run by the memory measurement
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -283,6 +347,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.scaling_worker:
+        scaling_worker(args)
+        return
+    if args.scaling is not None:
+        if args.batch_size % args.scaling:
+            raise ValueError(f"--batch_size {args.batch_size} must be divisible by --scaling {args.scaling}")
+        started = time.perf_counter()
+        print(measure_scaling(args))
+        print(f"Total {time.perf_counter() - started:.0f} s: python benchmark.py {' '.join(sys.argv[1:])}")
+        return
     device = models.select_device(args.device)
     if args.probe is not None:
         key, side = args.probe.split(":")

@@ -105,6 +105,8 @@ def run_main(main: Callable[[argparse.Namespace], object], args: argparse.Namesp
     OSError (bad input, missing file, unreadable checkpoint); 130 on Ctrl-C. Set HYPERIQA_DEBUG=1 to
     see the traceback instead."""
     prog = os.path.basename(sys.argv[0]) or "hyperiqa"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes started by torchrun
+        prog = f"[rank {os.environ.get('RANK', '?')}/{os.environ['WORLD_SIZE']}] {prog}"
     try:
         main(args)
     except KeyboardInterrupt:

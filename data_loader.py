@@ -49,7 +49,8 @@ GIB = 2 ** 30
 # (benchmark.py's loading job). Workers pay off where decoding dominates: --num_workers.
 DEFAULT_NUM_WORKERS = 0
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images (B, 3, S, S) normalized, mos (B,), image index (B,)
+# images (B, 3, S, S) normalized, mos (B,), image index (B,): -1 for a placeholder (see share_of)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Decoder = Callable[[str], Image.Image]  # image file -> 8-bit RGB PIL image (images.load_image)
 
 
@@ -76,6 +77,21 @@ class DecodedImages(torch.utils.data.Dataset):
             return DecodedImage(index, torch.empty(0, dtype=torch.uint8), f"{self.describe(index)}: {exc}")
 
 
+def share_of(batch: list, rank: int, world_size: int) -> tuple[list, bool]:
+    """Process `rank`'s entries of a global training batch, and whether they are a placeholder.
+
+    A full batch is cut into `world_size` equal consecutive shares; the smaller last batch of an
+    epoch into shares that differ by at most one entry. A process whose share would be empty gets the
+    batch's first entry as a placeholder, which it runs with a loss weight of 0 (its index is -1), so
+    that every process takes part in every step.
+    """
+    length = len(batch)
+    sizes = [length // world_size + (r < length % world_size) for r in range(world_size)]
+    start = sum(sizes[:rank])
+    share = batch[start:start + sizes[rank]]
+    return (share, False) if share else (batch[:1], True)
+
+
 def _ignore_sigint(worker_id: int) -> None:
     # Ctrl-C in a terminal reaches every process of the group: workers ignore it, the main process
     # stops the run at the next step and shuts them down.
@@ -96,14 +112,19 @@ class PatchLoader:
     def __init__(self, samples: Sequence[Sample], dataset: str, patch_num: int, batch_size: int, train: bool,
                  seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                  device: torch.device | str = "cpu", patch_size: int = PATCH_SIZE,
-                 cache_gib: float = DEFAULT_CACHE_GIB, decode: Decoder = load_image):
+                 cache_gib: float = DEFAULT_CACHE_GIB, decode: Decoder = load_image, rank: int = 0,
+                 world_size: int = 1):
         if batch_size < 1 or patch_num < 1:
             raise ValueError(f"batch_size and patch_num must be >= 1, got {batch_size} and {patch_num}")
+        if train and batch_size % world_size:
+            raise ValueError(f"--batch_size {batch_size} is the batch over all {world_size} processes and must be "
+                             f"divisible by their number; use a multiple of {world_size}")
         if not cache_gib >= 0:
             raise ValueError(f"the image cache budget must be >= 0 GiB, got {cache_gib}")
         self.samples, self.dataset, self.patch_num, self.batch_size = list(samples), dataset, patch_num, batch_size
         self.train, self.seed, self.round_index, self.patch_size = train, seed, round_index, patch_size
         self.num_workers, self.device = num_workers, torch.device(device)
+        self.rank, self.world_size = rank, world_size
         self.images = DecodedImages(self.samples, dataset, decode, self.describe)
         self.sizes = [self._size(index) for index in range(len(self.samples))]  # (height, width)
         self.decoded_bytes = sum(3 * height * width for height, width in self.sizes)
@@ -182,13 +203,28 @@ class PatchLoader:
 
     # -- batches
 
+    def global_batch_length(self, number: int) -> int:
+        """Entries in training batch `number` over all processes (`batch_size`, the last one fewer)."""
+        return min(self.batch_size, len(self.samples) * self.patch_num - number * self.batch_size)
+
     def batches(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
         """The batches of `epoch`, from batch number `start_batch` on. Images whose patches all fall in
-        the skipped batches are not decoded; none is decoded twice in an epoch."""
-        stream = self.entries(epoch)[start_batch * self.batch_size:]
+        the skipped batches are not decoded; none is decoded twice in an epoch.
+
+        With several processes, a training loader yields this process's share of each global batch
+        (`share_of`; `start_batch` counts global batches), and a test loader the images whose
+        index is congruent to this process's rank modulo their number.
+        """
+        stream = self.entries(epoch)
+        if not self.train and self.world_size > 1:
+            stream = [entry for entry in stream if entry[0] % self.world_size == self.rank]
+        stream = stream[start_batch * self.batch_size:]
         batches = [stream[k:k + self.batch_size] for k in range(0, len(stream), self.batch_size)]
+        placeholders = [False] * len(batches)
+        if self.train and self.world_size > 1:
+            batches, placeholders = map(list, zip(*(share_of(batch, self.rank, self.world_size) for batch in batches)))
         last_batch = {index: number for number, batch in enumerate(batches) for index, _ in batch}
-        first_use = list(dict.fromkeys(index for index, _ in stream))
+        first_use = list(dict.fromkeys(index for batch in batches for index, _ in batch))
         decoded = self._decoded([index for index in first_use if index not in self._cache])
         held = self._cache if self.keep_decoded else {}
         boxes: dict[int, list[CropBox]] = {}
@@ -201,7 +237,8 @@ class PatchLoader:
                     held[item.index] = self._kept(item) if self.keep_decoded else item.pixels
                 if index not in boxes:
                     boxes[index] = self.crop_boxes(index, epoch)
-            yield self._batch([(held[index], boxes[index][patch], index) for index, patch in batch])
+            yield self._batch([(held[index], boxes[index][patch], -1 if placeholders[number] else index)
+                               for index, patch in batch])
             if not self.keep_decoded:
                 for index in {index for index, _ in batch if last_batch[index] == number}:
                     del held[index]
@@ -244,7 +281,8 @@ class PatchLoader:
         out = torch.empty((len(patches), 3, size, size), dtype=torch.uint8)
         for row, (image, box, _) in enumerate(patches):
             out[row] = cut_patch(image, box, size)  # the one copy of each patch
-        mos = torch.tensor([self.samples[index].mos for _, _, index in patches], dtype=torch.float32)
+        mos = torch.tensor([self.samples[index].mos if index >= 0 else 0.0 for _, _, index in patches],
+                           dtype=torch.float32)
         index = torch.tensor([index for _, _, index in patches], dtype=torch.int64)
         # Patches travel as uint8 (4x less than float) and are converted on the device.
         pixels = out.to(self.device, non_blocking=True).float().div_(255.0)
@@ -254,15 +292,18 @@ class PatchLoader:
 def make_train_loader(samples: Sequence[Sample], dataset: str, patch_num: int, batch_size: int,
                       seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                       device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
-                      decode: Decoder = load_image) -> PatchLoader:
-    """Training batches as the released shuffling loader draws them, flipped at random (see PatchLoader)."""
+                      decode: Decoder = load_image, rank: int = 0, world_size: int = 1) -> PatchLoader:
+    """Training batches as the released shuffling loader draws them, flipped at random (see PatchLoader);
+    `batch_size` is the global batch, dealt to the `world_size` processes."""
     return PatchLoader(samples, dataset, patch_num, batch_size, True, seed, round_index, num_workers, device,
-                       cache_gib=cache_gib, decode=decode)
+                       cache_gib=cache_gib, decode=decode, rank=rank, world_size=world_size)
 
 
 def make_test_loader(samples: Sequence[Sample], dataset: str, patch_num: int, batch_size: int,
                      seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
-                     device: torch.device | str = "cpu", decode: Decoder = load_image) -> PatchLoader:
-    """Test batches: images in order, `patch_num` random crops each, no flips (see PatchLoader)."""
+                     device: torch.device | str = "cpu", decode: Decoder = load_image, rank: int = 0,
+                     world_size: int = 1) -> PatchLoader:
+    """Test batches: images in order, `patch_num` random crops each, no flips (see PatchLoader); with
+    several processes, each takes every `world_size`-th image."""
     return PatchLoader(samples, dataset, patch_num, batch_size, False, seed, round_index, num_workers, device,
-                       decode=decode)
+                       decode=decode, rank=rank, world_size=world_size)

@@ -46,6 +46,7 @@ class TrainConfig:
     h: float = DEFAULT_NT_H  # finite-difference step, in normalized-input units
     nt_mode: str = "finite_difference"  # or 'exact' (double backpropagation)
     schedule: str = "released"  # or 'corrected', see HyperIQASolver.build_optimizer
+    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch (CUDA)
     seed: int = DEFAULT_SEED
 
     def __post_init__(self):

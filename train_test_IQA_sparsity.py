@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+import distributed
 import folders
 from cli import CHECKPOINT_DIR, add_device_argument, nonnegative_float, nonnegative_int, positive_float, positive_int, run_main
 from data_loader import DEFAULT_CACHE_GIB, DEFAULT_NUM_WORKERS
 from HyperIQASolver import train_and_test
-from models import PATCH_SIZE, select_device
+from models import PATCH_SIZE
 from nt_regularizer import NT_MODES
 from train_config import SCHEDULES, TrainConfig
 
@@ -83,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--seed", type=nonnegative_int, default=DEFAULTS.seed,
                        help="seed of the split, the patches and the initial weights")
     add_device_argument(train)
+    train.add_argument("--sync_bn", action="store_true",
+                       help="with several processes (torchrun), BatchNorm statistics over the whole global batch "
+                            "(SyncBatchNorm, CUDA only) instead of each process's share, as released")
     train.add_argument("--no_pretrained", action="store_true",
                        help="initialize the backbone from scratch instead of with ImageNet ResNet-50 weights")
     train.add_argument("--backbone_weights", default=None,
@@ -115,28 +119,50 @@ def main(args: argparse.Namespace) -> None:
     root = args.dataset_path or (SYNTHETIC_ROOT if args.dataset == "synthetic" else None)
     if root is None:
         raise ValueError(f"--dataset_path is required: the {args.dataset} folder, holding {folders.LAYOUTS[args.dataset]}")
-    device = select_device(args.device)
-    samples = folders.list_samples(args.dataset, root, args.seed)
+    processes = distributed.start(args.device)
+    try:
+        run(args, config, root, processes)
+    finally:
+        distributed.stop(processes)
+
+
+def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: distributed.Processes) -> None:
+    """The training run of this process; rank 0 alone prints the table and writes the log."""
+    if config.batch_size % processes.world_size:
+        raise ValueError(f"--batch_size {config.batch_size} is the batch over all {processes.world_size} processes "
+                         f"and must be divisible by their number")
+    if processes.is_main:  # builds the synthetic set if needed, before the others read it
+        samples = folders.list_samples(args.dataset, root, args.seed)
+    distributed.wait_for_all(processes)
+    if not processes.is_main:
+        samples = folders.list_samples(args.dataset, root, args.seed)
     files = config.run_files(args.checkpoint_dir)
     resume = None if args.resume is None else (args.resume or files.state)
     log_path = files.log if args.log_file is None else (args.log_file or None)
+    if not processes.is_main:
+        log_path = None
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") if log_path else contextlib.nullcontext() as log_file:
         def log(line: str) -> None:
-            print(line, flush=True)
+            if processes.is_main:
+                print(line, flush=True)
             if log_file is not None:
                 log_file.write(line + "\n")
                 log_file.flush()
 
+        if processes.launched:
+            log(f"Processes: {processes.world_size}")
         log("Dataset: %s, Batch Size: %i, If Grad: %s, Weight: %e, Schedule: %s, Images: %d, Device: %s."
-            % (config.dataset, config.batch_size, config.if_grad, config.weight, config.schedule, len(samples), device))
-        results = train_and_test(config, samples, device, args.checkpoint_dir, split_file=args.split_file,
+            % (config.dataset, config.batch_size, config.if_grad, config.weight, config.schedule, len(samples),
+               processes.device))
+        results = train_and_test(config, samples, processes, args.checkpoint_dir, split_file=args.split_file,
                                  pretrained=not args.no_pretrained, backbone_weights=args.backbone_weights,
                                  num_workers=args.num_workers, cache_gib=args.cache_gib, resume=resume, log=log)
         srcc_all, plcc_all = np.array(results).T
         log("Testing median SRCC %4.4f,\tmedian PLCC %4.4f" % (np.median(srcc_all), np.median(plcc_all)))
-        print(f"best checkpoint: {files.checkpoint}", file=sys.stderr)
+        if processes.is_main:
+            print(f"best checkpoint: {files.checkpoint}", file=sys.stderr)
 
 
 if __name__ == "__main__":

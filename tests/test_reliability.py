@@ -394,7 +394,7 @@ def test_evaluation_patches_are_those_of_the_training_scripts_test_loader(tmp_pa
     # the test loader of that round, as the training script's solver gets it (HyperIQASolver.train_and_test)
     train, test = split_samples(folders.list_samples("csv", tmp_path / "data"), "csv", seed=5, round_index=round_index)
     config = TrainConfig(dataset="csv", test_patch_num=3, batch_size=2, seed=5, train_test_num=2)
-    test_loader = HyperIQASolver.round_loaders(config, train, test, round_index, "cpu").test
+    test_loader = HyperIQASolver.round_loaders(config, train, test, round_index).test
     assert [image["path"] for image in report["images"]] == [s.path for s in test]
     first_epoch = HyperIQASolver.predict_images(model, test_loader, epoch=0)
     assert report["scores"]["model"]["clean"] == pytest.approx(first_epoch.tolist(), rel=RTOL)

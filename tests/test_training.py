@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 import folders
 import models
-from HyperIQASolver import (HyperIQASolver, TrainingDiverged, build_optimizer, hyper_network_lr, load_training_state,
-                            parameter_groups, round_loaders, train_step)
+from HyperIQASolver import HyperIQASolver, TrainingDiverged, load_training_state, round_loaders, train_step
+from schedule import build_optimizer, hyper_network_lr, parameter_groups
 from nt_regularizer import nt_loss
 from splits import split_samples
 from tests import fake_datasets
@@ -59,7 +59,7 @@ def tiny_config(**changes) -> TrainConfig:
 
 def tiny_solver(config: TrainConfig, split, model, best: Path, state: Path | None = None) -> HyperIQASolver:
     """A solver of round 0 of `split` (train, test) writing `best` and `state`, printing nothing."""
-    loaders = round_loaders(config, *split, round_index=0, device="cpu")
+    loaders = round_loaders(config, *split, round_index=0)
     return HyperIQASolver(config, model, loaders, RunFiles(best, state, best.with_suffix(".log")),
                           log=lambda line: None)
 

@@ -1,0 +1,140 @@
+"""Several processes under torchrun: the process group, the collectives the scripts need, and the
+model wrapper.
+
+    torchrun --standalone --nproc_per_node 4 train_test_IQA_sparsity.py ...
+
+torchrun starts one process per GPU (or per CPU slot) and sets RANK, WORLD_SIZE and LOCAL_RANK;
+`start` joins them into one group (`env://`): NCCL on CUDA, one GPU per local rank, gloo on the CPU.
+Without torchrun, `start` returns a group of one process and every collective here is a no-op, so a
+single process runs the same code with no torch.distributed at all. Rank 0 alone prints, logs and
+writes files. A collective that finds a peer gone raises PeerFailed (a one-line error), so the other
+processes stop instead of waiting.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from models import select_device
+
+
+class PeerFailed(ConnectionError):
+    """Another process of the run stopped; its own message says why."""
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in the run: rank in [0, world_size), the device it computes on, and whether
+    torchrun started it (then a process group exists)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    launched: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """True in the process that prints, logs and writes files (rank 0)."""
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or any `env://` launcher) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def start(device_name: str | None = None) -> Processes:
+    """Join the run's process group when torchrun started this process, else a group of one.
+
+    device_name: the scripts' --device. Under torchrun, 'auto' or 'cuda' mean this process's GPU
+    (cuda:LOCAL_RANK, NCCL) when CUDA is present; 'cpu' (or no CUDA) means the CPU with gloo.
+    """
+    if not launched_by_torchrun():
+        return Processes(device=select_device(device_name))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = select_device(device_name)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                             "start at most that many processes per node (--nproc_per_node)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    return Processes(rank, world_size, local_rank, device, launched=True)
+
+
+def stop(processes: Processes) -> None:
+    """Leave the process group (nothing for a single process)."""
+    if processes.launched and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wait_for_all(processes: Processes) -> None:
+    """Return when every process has reached this point."""
+    if processes.world_size > 1:
+        _collective(dist.barrier)
+
+
+def _collective(operation, *args) -> None:
+    try:
+        operation(*args)
+    except RuntimeError as exc:  # gloo: "Connection closed by peer"; NCCL: a failed communicator
+        raise PeerFailed(f"another process of the run stopped, so this one stops too ({str(exc).splitlines()[0][:120]})") from None
+
+
+def all_sum(processes: Processes, values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `values` over the processes (in place; returned)."""
+    if processes.world_size > 1:
+        on_device = values.to(processes.device)
+        _collective(dist.all_reduce, on_device)
+        values.copy_(on_device)
+    return values
+
+
+def all_concatenated(processes: Processes, items: list[Any]) -> list[Any]:
+    """Every process's list of picklable `items`, concatenated in rank order (the same on every rank)."""
+    if processes.world_size == 1:
+        return list(items)
+    gathered: list[list[Any] | None] = [None] * processes.world_size
+    _collective(dist.all_gather_object, gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def share_buffers_of_rank_zero(processes: Processes, module: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process, so that all test and
+    save the same model."""
+    if processes.world_size > 1:
+        for buffer in module.buffers():
+            _collective(dist.broadcast, buffer, 0)
+
+
+def wrap_for_training(processes: Processes, network: nn.Module, sync_batchnorm: bool = False) -> nn.Module:
+    """`network` in DistributedDataParallel when there are several processes (gradients averaged over
+    them after each backward), else `network` itself. BatchNorm uses each process's own batch
+    statistics, as a single process of the released code did with its batch; with `sync_batchnorm`,
+    statistics over the whole global batch (SyncBatchNorm, CUDA only)."""
+    if processes.world_size == 1 and not sync_batchnorm:
+        return network
+    if sync_batchnorm:
+        if processes.device.type != "cuda":
+            raise ValueError("--sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    if processes.world_size == 1:
+        return network
+    device_ids = [processes.device.index] if processes.device.type == "cuda" else None
+    # Buffers are not synchronized at every forward: each process keeps its running statistics and
+    # share_buffers_of_rank_zero aligns them before a test or a save (the keyword's name depends on
+    # the PyTorch release).
+    no_forward_sync = ({"forward_sync_buffers": False}
+                       if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                       else {"broadcast_buffers": False})
+    return nn.parallel.DistributedDataParallel(network, device_ids=device_ids, **no_forward_sync)

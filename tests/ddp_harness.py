@@ -1,0 +1,83 @@
+"""Run by torchrun in tests/test_distributed.py: one process of a several-process run.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_harness.py train ARGS...
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_harness.py gradients OUT.pt
+
+`train ARGS...`: train_test_IQA_sparsity.py's main on ARGS, through cli.run_main as the script runs
+it, with the tests' stand-in model in place of HyperIQA. HARNESS_FAIL_RANK and HARNESS_FAIL_FORWARD
+make that rank's stand-in raise a ValueError at that training forward (a failing process).
+
+`gradients OUT.pt BATCH CSV COUNT...`: for the first COUNT images of the CSV data set, one NT training
+step on each global batch of BATCH entries through the solver's functions (each process's share,
+its loss weight, train_step on the DistributedDataParallel model), float64 with BatchNorm in eval
+mode; rank 0 saves the averaged parameter gradients of every step.
+"""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cli  # noqa: E402
+import distributed  # noqa: E402
+import HyperIQASolver  # noqa: E402
+import train_test_IQA_sparsity  # noqa: E402
+from tests.stand_in import StandInScoreModel  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+class FailingStandIn(StandInScoreModel):
+    """The stand-in, raising at its `fail_at`-th training forward in this process."""
+
+    def __init__(self, fail_at: int):
+        super().__init__()
+        self.fail_at = fail_at
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.training_forwards + 1 == self.fail_at:
+            raise ValueError(f"simulated failure at training forward {self.fail_at}")
+        return super().forward(x)
+
+
+def stand_in(**kwargs) -> torch.nn.Module:
+    if os.environ.get("HARNESS_FAIL_RANK") == os.environ["RANK"]:
+        return FailingStandIn(int(os.environ["HARNESS_FAIL_FORWARD"]))
+    return StandInScoreModel()
+
+
+def gradients_of_each_step(out: str, batch_size: int, dataset_csv: str, counts: list[int]) -> None:
+    """The averaged parameter gradients of one NT step on each global batch of each loader."""
+    import folders
+    from data_loader import make_train_loader
+    from train_config import TrainConfig
+
+    processes = distributed.start("cpu")
+    samples = folders.list_samples("csv", dataset_csv)
+    config = TrainConfig(dataset="csv", batch_size=batch_size, if_grad=True, weight=0.5, train_patch_num=1)
+    network = StandInScoreModel().double().eval()  # eval: each score depends on its own patch only
+    model = distributed.wrap_for_training(processes, network)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+    steps = []
+    for count in counts:
+        loader = make_train_loader(samples[:count], "csv", 1, batch_size, rank=processes.rank,
+                                   world_size=processes.world_size)
+        for step, (images, mos, index) in enumerate(loader.batches(0)):
+            share = HyperIQASolver.loss_share(index, loader.global_batch_length(step), processes.world_size)
+            HyperIQASolver.train_step(model, optimizer, images.double(), mos.double(), config, share)
+            steps.append([p.grad.clone() for p in network.parameters()])
+    if processes.is_main:
+        torch.save(steps, out)
+    distributed.stop(processes)
+
+
+if __name__ == "__main__":
+    command, rest = sys.argv[1], sys.argv[2:]
+    if command == "gradients":
+        gradients_of_each_step(rest[0], int(rest[1]), rest[2], [int(count) for count in rest[3:]])
+    else:
+        HyperIQASolver.build_model = lambda **kwargs: stand_in()
+        sys.argv = ["train_test_IQA_sparsity.py", *rest]
+        cli.run_main(train_test_IQA_sparsity.main, train_test_IQA_sparsity.parse_args(rest))

@@ -1,0 +1,132 @@
+"""Several processes: torchrun started by the tests themselves, 2 processes with gloo on the CPU, on tiny
+fake data sets, with the stand-in model in place of HyperIQA (tests/ddp_harness.py)."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import data_loader
+import folders
+import HyperIQASolver
+import models
+from tests import fake_datasets
+from tests.stand_in import StandInScoreModel
+from train_config import TrainConfig
+
+MAIN = Path(__file__).resolve().parents[1]
+HARNESS = str(MAIN / "tests" / "ddp_harness.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+TABLE_HEADER = "Epoch\tTrain_Loss\tTrain_SRCC\tTest_SRCC\tTest_PLCC"
+# 8 training images x 2 patches, global batches of 4: 4 steps per epoch, 2 patches per process
+TINY = ["--no_pretrained", "--train_patch_num", "2", "--test_patch_num", "1", "--batch_size", "4", "--device", "cpu",
+        "--if_grad"]
+NAME = models.checkpoint_name("livec", 4, True, 1e-3, 1e-2)
+TIMEOUT = 240
+
+
+def environment(**changes: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYPERIQA_DEBUG", "RANK", "WORLD_SIZE")}
+    return {**env, "OMP_NUM_THREADS": "1", **changes}
+
+
+def torchrun(*args, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRUN, HARNESS, *map(str, args)], cwd=MAIN, env=env or environment(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def table(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line == TABLE_HEADER or line[:1].isdigit()]
+
+
+@pytest.fixture
+def livec(tmp_path) -> Path:
+    fake_datasets.make_livec(tmp_path / "livec", count=10)  # 8 training, 2 test images
+    return tmp_path / "livec"
+
+
+def test_nt_gradients_of_two_processes_are_those_of_one_process_on_the_global_batch(tmp_path):
+    fake_datasets.make_csv(tmp_path / "data", count=9)
+    labels = tmp_path / "data" / "labels.csv"
+    # 7 images in batches of 4: 4 + 3 (shares 2 + 2, then 2 + 1); 9 images: 4 + 4 + 1 (a placeholder)
+    run = torchrun("gradients", tmp_path / "steps.pt", 4, labels, 7, 9)
+    assert run.returncode == 0, run.stderr
+    two_processes = torch.load(tmp_path / "steps.pt", weights_only=True)
+
+    samples = folders.list_samples("csv", labels)
+    config = TrainConfig(dataset="csv", batch_size=4, if_grad=True, weight=0.5, train_patch_num=1)
+    network = StandInScoreModel().double().eval()
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+    one_process = []
+    for count in (7, 9):
+        for images, mos, _ in data_loader.make_train_loader(samples[:count], "csv", 1, 4).batches(0):
+            HyperIQASolver.train_step(network, optimizer, images.double(), mos.double(), config)
+            one_process.append([p.grad.clone() for p in network.parameters()])
+    assert len(two_processes) == len(one_process) == 5
+    for step, (ours, reference) in enumerate(zip(two_processes, one_process)):
+        for a, b in zip(ours, reference):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=f"step {step}")
+
+
+def test_two_processes_print_one_table_and_resume_after_ctrl_c_to_the_same_checkpoint(livec, tmp_path):
+    common = ["train", "--dataset", "livec", "--dataset_path", livec, "--epochs", "3", *TINY]
+    whole = torchrun(*common, "--checkpoint_dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    lines = whole.stdout.splitlines()
+    assert lines[0] == "Processes: 2" and lines.count(TABLE_HEADER) == 1  # rank 0 alone prints
+    assert [row.split("\t")[0] for row in table(whole.stdout)[1:]] == ["1", "2", "3"]
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == sorted(
+        [NAME, NAME.replace(".pth", ".resume.pth"), NAME.replace(".pth", ".log")])
+    models.load_checkpoint(StandInScoreModel(), tmp_path / "whole" / NAME)  # strict: plain keys, no 'module.'
+
+    # Ctrl-C to torchrun in epoch 2: one resumable state, every process stops
+    process = subprocess.Popen([*TORCHRUN, HARNESS, *map(str, common), "--checkpoint_dir", str(tmp_path / "cut")],
+                               cwd=MAIN, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if "epoch 2, step 1/4" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    _, rest = process.communicate(timeout=TIMEOUT)
+    stderr = "".join(seen) + rest
+    assert process.returncode != 0
+    assert "resumable state saved" in stderr and stderr.count("train_test_IQA_sparsity.py: interrupted") == 2
+    state = tmp_path / "cut" / NAME.replace(".pth", ".resume.pth")
+    progress = torch.load(state, weights_only=True)["progress"]
+    assert progress["epoch"] == 1 and progress["step"] >= 1
+    assert len(progress["epoch_scores"]) == 2 * progress["step"] * 2  # both processes' records, on rank 0
+
+    resumed = torchrun(*common, "--checkpoint_dir", tmp_path / "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert table(resumed.stdout) == table(whole.stdout)
+    final = [torch.load(folder / NAME.replace(".pth", ".resume.pth"), weights_only=True)["model"]
+             for folder in (tmp_path / "whole", tmp_path / "cut")]
+    assert all(torch.equal(final[0][key], final[1][key]) for key in final[0])
+
+
+def test_a_failing_process_ends_the_run_with_its_message_and_the_last_checkpoint_stays(livec, tmp_path):
+    # NT: 2 training forwards per step, 4 steps per epoch: forward 9 is epoch 2's first
+    env = environment(HARNESS_FAIL_RANK="1", HARNESS_FAIL_FORWARD="9")
+    run = torchrun("train", "--dataset", "livec", "--dataset_path", livec, "--epochs", "3", *TINY,
+                   "--checkpoint_dir", tmp_path / "ck", env=env)
+    assert run.returncode != 0
+    assert "[rank 1/2] train_test_IQA_sparsity.py: error: simulated failure at training forward 9" in run.stderr
+    assert torch.load(tmp_path / "ck" / NAME, weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "ck" / NAME.replace(".pth", ".resume.pth"), weights_only=True)["progress"]["epoch"] == 1
+    assert [row.split("\t")[0] for row in table(run.stdout)[1:]] == ["1"]
+
+
+def test_batches_of_several_processes_deal_every_entry_once():
+    batch = [(i, 0) for i in range(7)]
+    shares = [data_loader.share_of(batch, rank, 3) for rank in range(3)]
+    assert [entries for entries, _ in shares] == [batch[0:3], batch[3:5], batch[5:7]]
+    assert data_loader.share_of(batch[:1], 1, 2) == (batch[:1], True)  # a placeholder, weighted 0
+    index = torch.tensor([-1])
+    assert HyperIQASolver.loss_share(index, 1, 2) == 0.0
+    assert HyperIQASolver.loss_share(torch.tensor([3, 4]), 3, 2) == pytest.approx(4 / 3)
+    with pytest.raises(ValueError, match="--batch_size 6 is the batch over all 4 processes"):
+        data_loader.PatchLoader([], "csv", 1, 6, train=True, world_size=4)
