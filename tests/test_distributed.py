@@ -1,5 +1,5 @@
 """Several processes: torchrun started by the tests themselves, 2 processes with gloo on the CPU, on tiny
-fake data sets, with the stand-in model in place of HyperIQA (tests/ddp_harness.py)."""
+fake data sets, with the stand-in model in place of HyperIQA (tests/train_with_stand_in.py)."""
 import os
 import signal
 import subprocess
@@ -18,7 +18,7 @@ from tests.stand_in import StandInScoreModel
 from train_config import TrainConfig
 
 MAIN = Path(__file__).resolve().parents[1]
-HARNESS = str(MAIN / "tests" / "ddp_harness.py")
+HARNESS = str(MAIN / "tests" / "train_with_stand_in.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 TABLE_HEADER = "Epoch\tTrain_Loss\tTrain_SRCC\tTest_SRCC\tTest_PLCC"
 # 8 training images x 2 patches, global batches of 4: 4 steps per epoch, 2 patches per process

@@ -1,7 +1,8 @@
-"""Run by torchrun in tests/test_distributed.py: one process of a several-process run.
+"""The training script with the tests' stand-in model, as one process or as one of several under torchrun.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_harness.py train ARGS...
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_harness.py gradients OUT.pt
+    python tests/train_with_stand_in.py train ARGS...
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train_with_stand_in.py train ARGS...
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train_with_stand_in.py gradients OUT.pt ...
 
 `train ARGS...`: train_test_IQA_sparsity.py's main on ARGS, through cli.run_main as the script runs
 it, with the tests' stand-in model in place of HyperIQA. HARNESS_FAIL_RANK and HARNESS_FAIL_FORWARD
@@ -43,7 +44,7 @@ class FailingStandIn(StandInScoreModel):
 
 
 def stand_in(**kwargs) -> torch.nn.Module:
-    if os.environ.get("HARNESS_FAIL_RANK") == os.environ["RANK"]:
+    if os.environ.get("HARNESS_FAIL_RANK") == os.environ.get("RANK", "0"):
         return FailingStandIn(int(os.environ["HARNESS_FAIL_FORWARD"]))
     return StandInScoreModel()
 
