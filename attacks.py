@@ -25,13 +25,14 @@ Attacks (untargeted, l_inf, pixel space):
 
 Direction, per image: lower the score when the clean score is above the middle of the score range
 (50 by default), raise it otherwise, as released; every attack maximizes the score change in that
-direction. The released demo judged the clean score of the
-un-normalized image; here it is the model's real score of the normalized image.
+direction. The released demo judged the clean score of the un-normalized image; here it is the
+model's real score of the normalized image.
 
 Example:
     model = models.load_hyperiqa("checkpoints/livec_bs16_grad[0]_weight[0.0].pth")
     result = iterative_fgsm(model, patches, eps=0.03, alpha=0.01, steps=1)   # patches in [0, 1]
     attacked = score_patches(model, quantize_8bit(result.adversarial))
+    gradient_free = square(model, patches, eps=0.03, queries=1000, generator=torch.Generator().manual_seed(0))
 """
 from __future__ import annotations
 
@@ -255,7 +256,8 @@ def square(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, qu
     an image takes its candidate only where the score moved further in its direction. Every image
     stays in the eps-ball and in [0, 1]. The clean images' scores, which choose the directions, are
     not counted as queries. All random draws come from `generator` (on the CPU), for the whole batch
-    at once, so the result does not depend on `chunk_size`.
+    at once, so the result does not depend on `chunk_size`. Unlike the paper's code, a window whose
+    new signs change nothing is not redrawn: it costs its query.
     """
     _check_pixels(pixels)
     if not eps > 0:
