@@ -94,7 +94,8 @@ def add_attack_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -
                         help="number of iterative steps" + ("; default per attack (attacks.attack_settings)" if sweep else ""))
     if sweep:
         parser.add_argument("--queries", type=positive_int, default=attacks.SQUARE_QUERIES,
-                            help="the square attack's budget: score queries per image (--alp and --step do not apply to it)")
+                            help="the square attack's budget: score queries per image "
+                                 "(--alp and --step do not apply to it)")
         parser.add_argument("--restarts", type=positive_int, default=1,
                             help="PGD random starts; per image, the one that moved the score most is kept")
 

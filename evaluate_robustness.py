@@ -181,8 +181,8 @@ def summary_rows(names: list[str], settings: list[tuple[str, float, float, int]]
             srocc = [_metric_or_nan(metrics.srocc, clean[k], attacked[k, a]) for a in indices]
             stability = [metrics.score_stability(clean[k], attacked[k, a], *score_range) for a in indices]
             rows.append(dict(model=name, attack=attack, eps_max=eps[-1], eps_count=len(eps), images=clean.shape[1],
-                             grad_norm=float(norms[k].mean()), mae_at_eps_max=metrics.mae(clean[k], attacked[k, indices[-1]]),
-                             srocc_at_eps_max=srocc[-1], integral_srocc=metrics.integral_robustness(eps, srocc),
+                             grad_norm=float(norms[k].mean()),
+                             mae_at_eps_max=metrics.mae(clean[k], attacked[k, indices[-1]]), srocc_at_eps_max=srocc[-1], integral_srocc=metrics.integral_robustness(eps, srocc),
                              integral_stability=metrics.integral_robustness(eps, stability)))
     return rows
 
@@ -275,9 +275,10 @@ def draw_plots(out_dir: Path, names: list[str], settings: list[tuple[str, float,
     print("Saved " + " and ".join(map(str, written)))
 
 
-def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], summary: list[dict], samples: list[folders.Sample],
-                 names: list[str], settings: list[tuple[str, float, float, int]], clean: np.ndarray, norms: np.ndarray,
-                 attacked: np.ndarray, score_range: tuple[float, float], middle: float) -> None:
+def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], summary: list[dict],
+                 samples: list[folders.Sample], names: list[str], settings: list[tuple[str, float, float, int]],
+                 clean: np.ndarray, norms: np.ndarray, attacked: np.ndarray, score_range: tuple[float, float],
+                 middle: float) -> None:
     """robustness.csv (the table), summary.csv (the integral scores) and robustness.json (settings,
     table, summary, per-image scores) in `out_dir`."""
     def finite(value):  # JSON has no NaN

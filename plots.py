@@ -25,6 +25,7 @@ MAX_COMPARISON_PATCHES = 4
 PERTURBATION_GAIN = 10.0  # the comparison shows 0.5 + 10 * (adversarial - clean): mid-grey is no change
 PIXELS_PER_EPS_UNIT = 255  # eps axes in 1/255 units, as attacks are usually quoted
 LINE_STYLES = ("-", "--", ":", "-.")  # one per model
+SROCC_AXIS_BOTTOM = 0.8  # the SROCC axis shows at least [0.8, 1]
 NO_PLOT_HINT = "install it (pip install -r requirements.txt) or pass --no_plot"
 
 
@@ -65,8 +66,9 @@ def plot_robustness_curves(path: Path | str, curves: Sequence[Curve]) -> Path:
     """robustness_vs_eps.png: left, SROCC between clean and attacked predictions; right, mean |score
     change|; both against eps (in 1/255), from eps 0. Colour: attack; line style: model."""
     colors = _colors([curve.attack for curve in curves])
-    styles = {model: LINE_STYLES[i % len(LINE_STYLES)] for i, model in enumerate(dict.fromkeys(c.model for c in curves))}
-    figure = _figure(10.0, 4.0)
+    models = dict.fromkeys(curve.model for curve in curves)
+    styles = {model: LINE_STYLES[index % len(LINE_STYLES)] for index, model in enumerate(models)}
+    figure = _figure(10.0, 4.0 + 0.2 * len(curves) / max(1, len(models)))  # room for the legend below
     srocc_axes, change_axes = figure.subplots(1, 2)
     for curve in curves:
         eps = PIXELS_PER_EPS_UNIT * np.concatenate([[0.0], np.asarray(curve.eps, dtype=np.float64)])
@@ -74,11 +76,14 @@ def plot_robustness_curves(path: Path | str, curves: Sequence[Curve]) -> Path:
                      label=f"{curve.model}: {curve.attack}")
         srocc_axes.plot(eps, np.concatenate([[1.0], curve.srocc]), **style)
         change_axes.plot(eps, np.concatenate([[0.0], curve.mean_abs_change]), **style)
+    lowest = np.nanmin([np.nanmin(np.asarray(curve.srocc, dtype=np.float64), initial=1.0) for curve in curves])
+    srocc_axes.set_ylim(min(SROCC_AXIS_BOTTOM, lowest - 0.02), 1.01)  # a flat line at 1 reads as "nothing moved"
     srocc_axes.set(xlabel="eps (1/255)", ylabel="SROCC(clean, attacked)", title="Ranking kept")
     change_axes.set(xlabel="eps (1/255)", ylabel="mean |attacked - clean| (score units)", title="Score change")
     for axes in (srocc_axes, change_axes):
         axes.grid(alpha=0.3)
-    change_axes.legend(fontsize="small", loc="upper left")
+    figure.legend(*srocc_axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(models),
+                  fontsize="small")
     return _save(figure, path)
 
 
@@ -122,8 +127,8 @@ def plot_attack_comparison(path: Path | str, clean: torch.Tensor, adversarial: t
     for row in range(rows):
         perturbation = 0.5 + PERTURBATION_GAIN * (adversarial[row] - clean[row])
         change = float(attacked_scores[row]) - float(clean_scores[row])
-        titles = (f"clean: {float(clean_scores[row]):.2f}", f"attacked: {float(attacked_scores[row]):.2f} ({change:+.2f})",
-                  f"perturbation x{PERTURBATION_GAIN:g}")
+        titles = (f"clean: {float(clean_scores[row]):.2f}",
+                  f"attacked: {float(attacked_scores[row]):.2f} ({change:+.2f})", f"perturbation x{PERTURBATION_GAIN:g}")
         for axes, image, title in zip(panels[row], (clean[row], adversarial[row], perturbation), titles):
             axes.imshow(_as_image(image), interpolation="nearest")
             axes.set_title(title, fontsize="medium")

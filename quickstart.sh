@@ -103,8 +103,9 @@ robustness_rows() {  # the rows of summary.csv, the checkpoints named baseline a
     awk -F, -v base="$(basename "$BASELINE_CKPT" .pth)" -v nt="$(basename "$NT_CKPT" .pth)" '
         NR == 1 { for (i = 1; i <= NF; i++) column[$i] = i; next }
         { model = $column["model"] == base ? "baseline" : ($column["model"] == nt ? "NT" : $column["model"])
-          printf "%-9s %-7s %21.2f %23.3f\n", model, $column["attack"], $column["mae_at_eps_max"],
-                 $column["srocc_at_eps_max"] }' "$OUT/robustness/summary.csv"
+          srocc = $column["srocc_at_eps_max"] == "" ? "-" : sprintf("%.3f", $column["srocc_at_eps_max"])
+          printf "%-9s %-7s %21.2f %23s\n", model, $column["attack"], $column["mae_at_eps_max"], srocc }' \
+        "$OUT/robustness/summary.csv"
 }
 step "Summary"
 echo "FGSM demo on $IMAGE ($DEMO_PATCHES patches, eps $EPS, one step of $ALPHA):"
