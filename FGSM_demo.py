@@ -7,6 +7,8 @@ Crops `--patch_num` seeded random 224x224 patches (a 224x224 image is its own si
 them (`--step` steps of `--alp`, within `--eps` of the clean pixels, in [0, 1] pixel units), saves the
 adversarial patches as PNG and prints the mean scores before and after the attack, as the released
 demo did. The attacked score is that of the saved 8-bit images; the unrounded one follows it.
+Unless `--no_plot`, comparison.png in the same folder shows, for up to 4 patches, the clean patch |
+the saved adversarial patch | the perturbation amplified 10x around mid-grey, with both scores.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 import attacks
 import cli
 import models
+import plots
 from images import tensor_to_image
 from patches import image_patches
 from seeding import DEFAULT_SEED, seed_everything
@@ -45,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a patch scored above this is pushed down, otherwise up (middle of the score range)")
     parser.add_argument("--save_dir", default=None,
                         help="where to save the adversarial patches "
-                             "(default adv_images_patches/IFGSM_{model}_{eps}_{step}_{patch_num})")
+                             "(default adv_images_patches/IFGSM_{model}_{eps}_{step}_{patch_num}), with comparison.png")
+    cli.add_no_plot_argument(parser)
     cli.add_upscale_small_argument(parser)
     cli.add_chunk_size_argument(parser)
     cli.add_device_argument(parser)
@@ -56,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     device = models.select_device(args.device)
     seed_everything(args.seed)
+    if not args.no_plot:
+        plots.check_matplotlib()
     patches = image_patches(args.img_name, args.patch_num, models.PATCH_SIZE,
                             torch.Generator().manual_seed(args.seed), args.upscale_small)
     checkpoint = args.checkpoint or cli.DEMO_CHECKPOINTS[args.attacked_model]
@@ -78,6 +84,9 @@ def main(args: argparse.Namespace) -> None:
     stem = Path(args.img_name).stem
     for index, patch in enumerate(saved):
         tensor_to_image(patch).save(save_dir / f"{stem}_{index}.png")
+    if not args.no_plot:
+        plots.plot_attack_comparison(save_dir / "comparison.png", patches, saved.cpu(), result.clean_scores.tolist(),
+                                     attacked.tolist())
 
     mos = args.mos if args.mos is not None else RELEASED_DEMO_MOS.get(Path(args.img_name).name)
     if mos is not None:
@@ -86,6 +95,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"Predicted Score (Attacked):{attacked.mean().item()}")
     print(f"Predicted Score (Attacked, before rounding to 8 bits):{attacked_unrounded.mean().item()}")
     print(f"Adversarial samples are saved to: {save_dir}")
+    if not args.no_plot:
+        print(f"Clean | adversarial | perturbation x{plots.PERTURBATION_GAIN:g}: {save_dir / 'comparison.png'}")
 
 
 if __name__ == "__main__":

@@ -15,21 +15,30 @@ Attacks (untargeted, l_inf, pixel space):
 - `fgsm`: one step of size eps (Goodfellow et al., "Explaining and Harnessing Adversarial
   Examples", ICLR 2015).
 - `pgd`: iterative FGSM from a uniform random start in the eps-ball (Madry et al., "Towards Deep
-  Learning Models Resistant to Adversarial Attacks", ICLR 2018).
+  Learning Models Resistant to Adversarial Attacks", ICLR 2018); with `restarts`, several starts, and
+  per image the one that moved the score most.
+- `mifgsm`: iterative FGSM along the sign of a momentum of l1-normalized gradients (Dong et al.,
+  "Boosting Adversarial Attacks with Momentum", CVPR 2018).
+- `square`: the Square Attack (Andriushchenko et al., "Square Attack: a query-efficient black-box
+  adversarial attack via random search", ECCV 2020), l_inf: score queries only, no gradient. A model
+  that hides its gradient (gradient masking) stops the four attacks above but not this one.
 
 Direction, per image: lower the score when the clean score is above the middle of the score range
-(50 by default), raise it otherwise, as released. The released demo judged the clean score of the
-un-normalized image; here it is the model's real score of the normalized image.
+(50 by default), raise it otherwise, as released; every attack maximizes the score change in that
+direction. The released demo judged the clean score of the un-normalized image; here it is the
+model's real score of the normalized image.
 
 Example:
     model = models.load_hyperiqa("checkpoints/livec_bs16_grad[0]_weight[0.0].pth")
     result = iterative_fgsm(model, patches, eps=0.03, alpha=0.01, steps=1)   # patches in [0, 1]
     attacked = score_patches(model, quantize_8bit(result.adversarial))
+    gradient_free = square(model, patches, eps=0.03, queries=1000, generator=torch.Generator().manual_seed(0))
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 from typing import Iterator, NamedTuple
 
 import torch
@@ -45,6 +54,14 @@ DEFAULT_ALPHA = 0.01  # step size in pixel units, the released default
 DEFAULT_STEPS = 1  # the released default: one step of 0.01
 PGD_STEPS = 10  # PGD's default number of steps in a sweep
 PGD_STEP_FRACTION = 2.5  # PGD's default step size: 2.5 * eps / steps (Madry et al.), so the steps can cross the ball
+MIFGSM_STEPS = 10  # MI-FGSM's default: 10 steps of eps / 10 (Dong et al.)
+MIFGSM_MOMENTUM = 1.0  # decay factor mu of the accumulated gradient (Dong et al.)
+SQUARE_QUERIES = 1000  # the square attack's default budget: score queries per image
+SQUARE_P_INIT = 0.05  # initial fraction of an image's pixels in a square: the paper's value for l_inf on ImageNet
+# The paper's schedule of the square size is written for 10000 queries and rescaled to the budget: the
+# fraction p_init is halved each time the rescaled query index passes one of these milestones.
+SQUARE_SCHEDULE_QUERIES = 10000
+SQUARE_HALVING_MILESTONES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # Images per forward/backward pass, by device (`default_chunk_size`). CPU: on 2 cores of an Intel Xeon,
 # chunks of 1, 2, 4, 8, 13 and 25 HyperIQA patches gave 6.4, 7.7, 8.7, 9.7, 9.3 and 8.3 input gradients
 # per second; a chunk of 8 needs about 1.1 GB for its backward.
@@ -98,8 +115,9 @@ def attack_direction(clean_scores: torch.Tensor, middle: float = DEFAULT_SCORE_M
 
 
 def _projected_sign_steps(model: ScoreModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int,
-                          middle: float, start: torch.Tensor | None) -> AttackResult:
-    """The attack on one chunk (B, 3, H, W) in [0, 1]; `start`: None (the clean image) or a start point."""
+                          middle: float, start: torch.Tensor | None, momentum: float | None = None) -> AttackResult:
+    """The attack on one chunk (B, 3, H, W) in [0, 1]; `start`: None (the clean image) or a start point;
+    `momentum`: None (step along the gradient's sign) or MI-FGSM's decay factor."""
     clean = pixels.detach()
     direction = None
     if start is not None:
@@ -108,6 +126,7 @@ def _projected_sign_steps(model: ScoreModel, pixels: torch.Tensor, eps: float, a
         clean_scores = clean_scores.clone()
         direction = attack_direction(clean_scores, middle)
     adversarial = clean.clone() if start is None else start.detach().clone()
+    accumulated = torch.zeros_like(clean)  # MI-FGSM's momentum of l1-normalized gradients
     for _ in range(steps):
         adversarial.requires_grad_(True)
         scores = model(models.normalize(adversarial))
@@ -116,21 +135,29 @@ def _projected_sign_steps(model: ScoreModel, pixels: torch.Tensor, eps: float, a
             direction = attack_direction(clean_scores, middle)
         (grad,) = torch.autograd.grad((scores * direction).sum(), adversarial)
         with torch.no_grad():
+            if momentum is not None:  # a vanishing gradient adds nothing (rather than 0 / 0)
+                l1 = grad.abs().sum(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
+                accumulated = momentum * accumulated + grad / l1
+                grad = accumulated
             adversarial = adversarial + alpha * grad.sign()
             adversarial = torch.min(torch.max(adversarial, clean - eps), clean + eps).clamp_(0.0, 1.0)
     return AttackResult(adversarial.detach(), clean_scores)
 
 
-def _attack(model: ScoreModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int, middle: float,
-            chunk_size: int | None, start: torch.Tensor | None = None) -> AttackResult:
-    _check_pixels(pixels)
+def _check_budget(eps: float, alpha: float, steps: int) -> None:
     if not eps > 0 or not alpha > 0:
         raise ValueError(f"eps and alpha must be > 0, got eps={eps}, alpha={alpha}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+def _attack(model: ScoreModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int, middle: float,
+            chunk_size: int | None, start: torch.Tensor | None = None, momentum: float | None = None) -> AttackResult:
+    _check_pixels(pixels)
+    _check_budget(eps, alpha, steps)
     starts = [None] * len(_chunks(pixels, chunk_size)) if start is None else _chunks(start, chunk_size)
     with _eval_mode(model):
-        results = [_projected_sign_steps(model, chunk, eps, alpha, steps, middle, chunk_start)
+        results = [_projected_sign_steps(model, chunk, eps, alpha, steps, middle, chunk_start, momentum)
                    for chunk, chunk_start in zip(_chunks(pixels, chunk_size), starts)]
     return AttackResult(torch.cat([r.adversarial for r in results]), torch.cat([r.clean_scores for r in results]))
 
@@ -154,26 +181,131 @@ def fgsm(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, midd
 
 
 def pgd(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float = DEFAULT_ALPHA,
-        steps: int = 10, middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | None = None,
-        chunk_size: int | None = None) -> AttackResult:
+        steps: int = PGD_STEPS, middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | None = None,
+        chunk_size: int | None = None, restarts: int = 1) -> AttackResult:
     """PGD: iterative FGSM from a start drawn uniformly in the eps-ball (clipped to [0, 1]).
 
     The start is drawn for the whole batch from `generator` (on the CPU), so the result does not
-    depend on `chunk_size`. Directions come from the clean images' scores.
+    depend on `chunk_size`. Directions come from the clean images' scores. With `restarts` > 1 the
+    attack runs from that many starts (drawn one after the other, the first one as with one restart)
+    and keeps, per image, the adversarial image whose (unrounded) score moved most in its direction:
+    one extra forward pass per restart.
     """
     _check_pixels(pixels)
-    noise = torch.rand(pixels.shape, generator=generator, dtype=pixels.dtype).to(pixels.device)
-    start = (pixels.detach() + (2 * noise - 1) * eps).clamp(0.0, 1.0)
-    return _attack(model, pixels, eps, alpha, steps, middle, chunk_size, start)
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    best, best_gain = None, None
+    for _ in range(restarts):
+        noise = torch.rand(pixels.shape, generator=generator, dtype=pixels.dtype).to(pixels.device)
+        start = (pixels.detach() + (2 * noise - 1) * eps).clamp(0.0, 1.0)
+        result = _attack(model, pixels, eps, alpha, steps, middle, chunk_size, start)
+        if restarts == 1:
+            return result
+        gain = attack_direction(result.clean_scores, middle) * (
+            score_patches(model, result.adversarial, chunk_size) - result.clean_scores)
+        if best is None:
+            best, best_gain = result.adversarial, gain
+        else:
+            better = gain > best_gain
+            best = torch.where(better[:, None, None, None], result.adversarial, best)
+            best_gain = torch.where(better, gain, best_gain)
+    return AttackResult(best, result.clean_scores)
 
 
-ATTACKS = ("fgsm", "ifgsm", "pgd")
+def mifgsm(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float | None = None,
+           steps: int = MIFGSM_STEPS, middle: float = DEFAULT_SCORE_MIDDLE, chunk_size: int | None = None,
+           momentum: float = MIFGSM_MOMENTUM) -> AttackResult:
+    """MI-FGSM on pixel images (B, 3, H, W) in [0, 1]: `steps` steps of `alpha` (default eps / steps,
+    pixel units) along the sign of g_t = momentum * g_(t-1) + grad_t / ||grad_t||_1 (l1 norm per
+    image), each followed by projection onto the eps-ball and clipping to [0, 1]. With momentum 0
+    it is iterative FGSM."""
+    alpha = eps / steps if alpha is None else alpha
+    if momentum < 0:
+        raise ValueError(f"momentum must be >= 0, got {momentum}")
+    return _attack(model, pixels, eps, alpha, steps, middle, chunk_size, momentum=momentum)
 
 
-def attack_settings(name: str, eps: float, alpha: float | None = None, steps: int | None = None) -> tuple[float, int]:
-    """(step size, steps) that attack `name` runs with at `eps`, `alpha` and `steps` filling in what
-    is given: fgsm is one step of eps; ifgsm defaults to the released demo's one step of 0.01;
-    pgd to PGD_STEPS steps of PGD_STEP_FRACTION * eps / steps."""
+def square_fraction(query: int, queries: int, p_init: float = SQUARE_P_INIT) -> float:
+    """Fraction of an image's pixels covered by the square of window query `query` (0-based) out of a
+    budget of `queries`: the paper's schedule, p_init halved at each of SQUARE_HALVING_MILESTONES that
+    the query index, rescaled to SQUARE_SCHEDULE_QUERIES, has passed (p_init / 512 at the end)."""
+    rescaled = int(query / queries * SQUARE_SCHEDULE_QUERIES)
+    return p_init / 2 ** sum(rescaled > milestone for milestone in SQUARE_HALVING_MILESTONES)
+
+
+def square_side(fraction: float, height: int, width: int) -> int:
+    """Side (pixels) of a square covering `fraction` of a height x width image: at least 1, and
+    smaller than the image, so that it has more than one place to go."""
+    return max(1, min(round(math.sqrt(fraction * height * width)), min(height, width) - 1))
+
+
+def _random_signs(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """-1 or +1 with equal chance, drawn on the CPU from `generator`, as `like`'s dtype and device."""
+    return (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(like.device, like.dtype)
+
+
+def square(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, queries: int = SQUARE_QUERIES,
+           middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | None = None,
+           chunk_size: int | None = None, p_init: float = SQUARE_P_INIT) -> AttackResult:
+    """The l_inf Square Attack on pixel images (B, 3, H, W) in [0, 1]: random search on the vertices of
+    the eps-ball (pixel units), with `queries` score queries per image and no gradient.
+
+    Query 1 scores the start: vertical stripes, each column of each channel moved by +eps or -eps.
+    Each further query scores, for every image, a candidate whose square window (side from
+    `square_fraction`, at a random place) is set to clean + eps or clean - eps, one sign per channel;
+    an image takes its candidate only where the score moved further in its direction. Every image
+    stays in the eps-ball and in [0, 1]. The clean images' scores, which choose the directions, are
+    not counted as queries. All random draws come from `generator` (on the CPU), for the whole batch
+    at once, so the result does not depend on `chunk_size`. Unlike the paper's code, a window whose
+    new signs change nothing is not redrawn: it costs its query.
+    """
+    _check_pixels(pixels)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if queries < 1:
+        raise ValueError(f"queries must be >= 1, got {queries}")
+    if not 0 < p_init <= 1:
+        raise ValueError(f"p_init must be a fraction of the image in (0, 1], got {p_init}")
+    clean = pixels.detach()
+    batch, channels, height, width = clean.shape
+    rows = torch.arange(height, device=clean.device)
+    columns = torch.arange(width, device=clean.device)
+
+    def scores_of(images: torch.Tensor) -> torch.Tensor:  # one query for every image: (B,)
+        return torch.cat([model(models.normalize(chunk)) for chunk in _chunks(images, chunk_size)])
+
+    with _eval_mode(model), torch.no_grad():
+        clean_scores = scores_of(clean)
+        direction = attack_direction(clean_scores, middle)
+        stripes = _random_signs((batch, channels, 1, width), generator, clean)
+        best = (clean + eps * stripes).clamp(0.0, 1.0)
+        best_gain = direction * (scores_of(best) - clean_scores)
+        for query in range(queries - 1):
+            side = square_side(square_fraction(query, queries, p_init), height, width)
+            top = torch.randint(0, height - side + 1, (batch, 1), generator=generator).to(clean.device)
+            left = torch.randint(0, width - side + 1, (batch, 1), generator=generator).to(clean.device)
+            signs = _random_signs((batch, channels, 1, 1), generator, clean)
+            in_rows = (rows >= top) & (rows < top + side)  # (B, H)
+            in_columns = (columns >= left) & (columns < left + side)  # (B, W)
+            window = (in_rows[:, :, None] & in_columns[:, None, :])[:, None]  # (B, 1, H, W)
+            candidate = torch.where(window, (clean + eps * signs).clamp(0.0, 1.0), best)
+            gain = direction * (scores_of(candidate) - clean_scores)
+            improved = gain > best_gain
+            best = torch.where(improved[:, None, None, None], candidate, best)
+            best_gain = torch.where(improved, gain, best_gain)
+    return AttackResult(best, clean_scores)
+
+
+ATTACKS = ("fgsm", "ifgsm", "pgd", "mifgsm", "square")
+
+
+def attack_settings(name: str, eps: float, alpha: float | None = None, steps: int | None = None,
+                    queries: int | None = None) -> tuple[float, int]:
+    """(step size, steps) that attack `name` runs with at `eps`, `alpha`, `steps` and `queries` filling
+    in what is given: fgsm is one step of eps; ifgsm defaults to the released demo's one step of 0.01;
+    pgd to PGD_STEPS steps of PGD_STEP_FRACTION * eps / steps; mifgsm to MIFGSM_STEPS steps of
+    eps / steps. square has no step size (NaN; each pixel sits at clean +- eps) and runs `queries`
+    queries (default SQUARE_QUERIES) whatever `alpha` and `steps` say."""
     if name == "fgsm":
         return eps, 1
     if name == "ifgsm":
@@ -181,19 +313,31 @@ def attack_settings(name: str, eps: float, alpha: float | None = None, steps: in
     if name == "pgd":
         steps = PGD_STEPS if steps is None else steps
         return (PGD_STEP_FRACTION * eps / steps if alpha is None else alpha), steps
+    if name == "mifgsm":
+        steps = MIFGSM_STEPS if steps is None else steps
+        return (eps / steps if alpha is None else alpha), steps
+    if name == "square":
+        return math.nan, (SQUARE_QUERIES if queries is None else queries)
     raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
 
 
 def run_attack(name: str, model: ScoreModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int,
                middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | None = None,
-               chunk_size: int | None = None) -> AttackResult:
-    """Run attack `name` (one of ATTACKS); fgsm ignores alpha and steps, ifgsm ignores generator."""
+               chunk_size: int | None = None, *, restarts: int = 1) -> AttackResult:
+    """Run attack `name` (one of ATTACKS) at l_inf radius `eps` with step size `alpha` (both pixel
+    units) and `steps` steps; for square, `steps` is the number of queries per image and `alpha` is
+    ignored. fgsm ignores alpha and steps; only pgd and square draw from `generator`; only pgd uses
+    `restarts`. The other settings (momentum, p_init) are the defaults of `mifgsm` and `square`."""
     if name == "fgsm":
         return fgsm(model, pixels, eps, middle, chunk_size)
     if name == "ifgsm":
         return iterative_fgsm(model, pixels, eps, alpha, steps, middle, chunk_size)
     if name == "pgd":
-        return pgd(model, pixels, eps, alpha, steps, middle, generator, chunk_size)
+        return pgd(model, pixels, eps, alpha, steps, middle, generator, chunk_size, restarts)
+    if name == "mifgsm":
+        return mifgsm(model, pixels, eps, alpha, steps, middle, chunk_size)
+    if name == "square":
+        return square(model, pixels, eps, steps, middle, generator, chunk_size)
     raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
 
 

@@ -14,12 +14,14 @@ in released_reference.py). Both get the same inputs on the same device:
 | NT, same setup | the same | three passes with our model placement: the gain of the shared forward alone |
 | training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
 | scoring, gradient norms, I-FGSM on the 25 patches of an image | `attacks`, batched in chunks (`--chunk_size`, default by device) | one patch at a time |
+| square attack, 20 queries on the 25 patches of an image (no released counterpart) | `attacks.square`, batched in chunks | the same function, one patch at a time (`chunk_size=1`) |
 | data loading, first epoch | a new `data_loader.make_train_loader`: image headers read, each image decoded once and kept, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
 | data loading, later epochs | the same loader's next epochs: the decoded images are held in memory, none is decoded again | the same as its first epoch |
 
-Time: the median of `--repeats` timed runs (`--long_repeats` for the 10-step attack) after `--warmup`
-runs; ours and released alternate run by run, so load from other programs hits both alike. Patches
-per second = patches of a run / median time; ratio = ours' median time / released median time (below
+Time: the median of `--repeats` timed runs (`--long_repeats` for the 10-step attack and the square
+attack) after `--warmup` runs; ours and released alternate run by run, so load from other programs
+hits both alike. Patches per second = patches of a run / median time (for the square attack: patch
+queries, queries x patches); ratio = ours' median time / released median time (below
 1: ours is faster). Threads: PyTorch's default.
 
 Peak memory: what one run of a job needs on top of what was held before it (models, optimizer,
@@ -63,6 +65,7 @@ from train_config import TrainConfig
 PATCHES_PER_IMAGE = RELEASED_PATCH_NUM  # one image's worth of patches
 LIVEC_SIDE = 500  # LIVEC's photos are 500x500 JPEGs
 JPEG_QUALITY = 90
+SQUARE_BENCH_QUERIES = 20  # queries per patch in the square job: about the work of the 10-step attack
 QUICK = dict(repeats=1, long_repeats=1, warmup=1, images=8)
 
 
@@ -205,6 +208,15 @@ def _per_epoch(bench: Workbench) -> int:
     return bench.args.images * PATCHES_PER_IMAGE
 
 
+def _per_square_run(bench: Workbench) -> int:
+    return PATCHES_PER_IMAGE * SQUARE_BENCH_QUERIES
+
+
+def _square(model: torch.nn.Module, pixels: torch.Tensor, chunk_size: int | None) -> attacks.AttackResult:
+    return attacks.square(model, pixels, queries=SQUARE_BENCH_QUERIES, generator=torch.Generator().manual_seed(0),
+                          chunk_size=chunk_size)
+
+
 def _ours(run: Callable[[Workbench, torch.nn.Module, torch.Tensor], object]) -> Callable[[Workbench], Call]:
     return lambda b: lambda: run(b, b.eval_ours, b.patches)
 
@@ -234,6 +246,9 @@ JOBS = (
     Job("fgsm10", "I-FGSM 10 steps, 25 patches", _per_image,
         _ours(lambda b, m, x: attacks.iterative_fgsm(m, x, steps=10, chunk_size=b.args.chunk_size)),
         _released(functools.partial(released_iterative_fgsm, steps=10)), warm_with="fgsm1", long=True),
+    Job("square", f"square attack, {SQUARE_BENCH_QUERIES} queries x 25 patches (vs one patch at a time)",
+        _per_square_run, _ours(lambda b, m, x: _square(m, x, b.args.chunk_size)),
+        _ours(lambda b, m, x: _square(m, x, 1)), warm_with="score", long=True),
     Job("loading", "data loading, first epoch", _per_epoch,
         lambda b: b.our_epoch(b.args.num_workers, first=True), lambda b: b.released_epoch()),
     Job("loading_later", "data loading, later epochs", _per_epoch,
@@ -315,7 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="patches per training step and per loader batch")
     parser.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs per job (the median is reported)")
     parser.add_argument("--long_repeats", type=cli.positive_int, default=1,
-                        help="timed runs of the 10-step attack (warmed up by the 1-step attack)")
+                        help="timed runs of the 10-step attack (warmed up by the 1-step attack) and of the "
+                             "square attack (warmed up by scoring)")
     parser.add_argument("--warmup", type=cli.nonnegative_int, default=1, help="untimed runs per job and side first")
     parser.add_argument("--images", type=cli.positive_int, default=40,
                         help="500x500 JPEGs in the loading epoch (x 25 patches each)")
@@ -380,7 +396,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"Device: {describe_device(device)}; PyTorch {torch.__version__}")
     print(f"Batch size {args.batch_size}, attack/scoring chunk {chunk}, loader workers {args.num_workers}, "
           f"{args.images} images x {PATCHES_PER_IMAGE} patches per epoch; median of {args.repeats} runs "
-          f"({args.long_repeats} for 10 steps) after {args.warmup} warm-up")
+          f"({args.long_repeats} for the 10-step and square attacks) after {args.warmup} warm-up")
     print()
     print(table(results))
     print()

@@ -76,8 +76,9 @@ def add_chunk_size_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_attack_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     """--eps, --alp/--alpha and --step/--steps of the scripts that attack. One eps and the released
-    demo's defaults (one step of 0.01); with `sweep`, several eps and per-attack defaults for the
-    step size and the number of steps (attacks.attack_settings)."""
+    demo's defaults (one step of 0.01); with `sweep`, several eps, per-attack defaults for the step
+    size and the number of steps (attacks.attack_settings), the square attack's --queries and PGD's
+    --restarts."""
     if sweep:
         parser.add_argument("--eps", nargs="+", type=positive_float, default=[attacks.DEFAULT_EPS],
                             help="l_inf bounds, in [0, 1] pixel units (0.03 ~ 8/255)")
@@ -91,6 +92,17 @@ def add_attack_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -
     parser.add_argument("--step", "--steps", dest="step", type=positive_int,
                         default=None if sweep else attacks.DEFAULT_STEPS,
                         help="number of iterative steps" + ("; default per attack (attacks.attack_settings)" if sweep else ""))
+    if sweep:
+        parser.add_argument("--queries", type=positive_int, default=attacks.SQUARE_QUERIES,
+                            help="the square attack's budget: score queries per image "
+                                 "(--alp and --step do not apply to it)")
+        parser.add_argument("--restarts", type=positive_int, default=1,
+                            help="PGD random starts; per image, the one that moved the score most is kept")
+
+
+def add_no_plot_argument(parser: argparse.ArgumentParser) -> None:
+    """--no_plot of the scripts that draw PNGs with matplotlib (plots.py)."""
+    parser.add_argument("--no_plot", action="store_true", help="do not draw the PNG pictures (no matplotlib needed)")
 
 
 def add_upscale_small_argument(parser: argparse.ArgumentParser) -> None:
@@ -101,8 +113,9 @@ def add_upscale_small_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_main(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
-    """Call `main(args)` and exit: 0 on success; 1 with `prog: error: message` on a ValueError or
-    OSError (bad input, missing file, unreadable checkpoint); 130 on Ctrl-C. Set HYPERIQA_DEBUG=1 to
+    """Call `main(args)` and exit: 0 on success; 1 with `prog: error: message` on a ValueError,
+    OSError or ImportError (bad input, missing file, unreadable checkpoint, missing optional package);
+    130 on Ctrl-C. Set HYPERIQA_DEBUG=1 to
     see the traceback instead."""
     prog = os.path.basename(sys.argv[0]) or "hyperiqa"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes started by torchrun
@@ -112,7 +125,7 @@ def run_main(main: Callable[[argparse.Namespace], object], args: argparse.Namesp
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         if os.environ.get("HYPERIQA_DEBUG"):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__

@@ -2,7 +2,7 @@
 
     python evaluate_robustness.py --dataset livec --dataset_path /PATH/ChallengeDB_release \\
         --split_file CLIVE_traintest_index.pkl --checkpoint checkpoints/a.pth checkpoints/b.pth \\
-        --attack fgsm ifgsm --eps 0.01 0.03
+        --attack fgsm ifgsm pgd mifgsm square --eps 0.00392 0.00784 0.01569 0.03137
     python evaluate_robustness.py --dataset folder --dataset_path my_images/ --checkpoint a.pth --patch_num 5
 
 For every image: `--patch_num` seeded random 224x224 patches (with the same --seed and --round, the
@@ -17,6 +17,17 @@ the JSON with the per-image scores), one row per checkpoint x attack x eps:
 - srocc, plcc, krocc, rmse, mae, R: attacked vs clean predictions (R: metrics.robustness_r over the
   score range of the data set; higher is more robust);
 - grad_norm: mean l1 norm of d score / d normalized input over all patches (lower: smoother model).
+
+Per checkpoint x attack, over the eps of the run, the integral robustness scores (metrics.py: the
+normalized trapezoid area over [0, eps_max] under a curve that is 1 at eps 0), printed and saved to
+summary.csv and the JSON's "summary":
+
+- integral_srocc: under SROCC(clean, attacked);
+- integral_stability: under 1 - mean|s' - s| / (high - low of the score range).
+
+Pictures (unless `--no_plot`): robustness_vs_eps.png (SROCC and mean |score change| against eps, one
+line per checkpoint x attack) and score_shift.png (histograms of the per-image score changes at the
+largest eps, one panel per checkpoint).
 
 With `--jpeg_quality`, the defense sees every input: clean patches are re-compressed too and the clean
 columns are their scores, so R measures the attack, not the compression.
@@ -42,6 +53,7 @@ import cli
 import folders
 import metrics
 import models
+import plots
 import seeding
 from data_loader import make_test_loader
 from splits import split_samples
@@ -49,6 +61,8 @@ from splits import split_samples
 FOLDER = "folder"  # --dataset value for a plain folder of images without MOS
 COLUMNS = ("model", "attack", "eps", "alpha", "steps", "jpeg_quality", "images", "clean_srocc", "clean_plcc",
            "attacked_srocc", "attacked_plcc", "srocc", "plcc", "krocc", "rmse", "mae", "R", "grad_norm")
+SUMMARY_COLUMNS = ("model", "attack", "eps_max", "eps_count", "images", "grad_norm", "mae_at_eps_max",
+                   "srocc_at_eps_max", "integral_srocc", "integral_stability")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attack", nargs="+", choices=attacks.ATTACKS, default=["ifgsm"],
                         help="attacks: fgsm (one step of eps), ifgsm (--step steps of --alp; by default the demo's "
                              f"one step of {attacks.DEFAULT_ALPHA}), pgd (ifgsm from a random start in the eps-ball; "
-                             f"by default {attacks.PGD_STEPS} steps of {attacks.PGD_STEP_FRACTION} * eps / steps)")
+                             f"by default {attacks.PGD_STEPS} steps of {attacks.PGD_STEP_FRACTION} * eps / steps; "
+                             f"--restarts), mifgsm (momentum {attacks.MIFGSM_MOMENTUM:g}; by default "
+                             f"{attacks.MIFGSM_STEPS} steps of eps / steps), square (gradient-free: --queries "
+                             "score queries per image)")
     cli.add_attack_arguments(parser, sweep=True)
     parser.add_argument("--patch_num", type=cli.positive_int, default=25,
                         help="random 224x224 patches per image (25 as the released test)")
@@ -83,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JPEG-recompress every image at this quality (1-95) before scoring (a defense)")
     parser.add_argument("--limit", type=cli.positive_int, default=None, help="use only the first N images")
     parser.add_argument("--out_dir", default=os.path.join("results", "robustness"),
-                        help="folder for robustness.csv and robustness.json (overwritten)")
+                        help="folder for robustness.csv, robustness.json, summary.csv and the plots (overwritten)")
+    cli.add_no_plot_argument(parser)
     cli.add_chunk_size_argument(parser)
     cli.add_device_argument(parser)
     parser.add_argument("--seed", type=cli.nonnegative_int, default=seeding.DEFAULT_SEED,
@@ -91,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 95:
         parser.error(f"argument --jpeg_quality: must be between 1 and 95, got {args.jpeg_quality}")
+    if len(set(args.eps)) != len(args.eps):
+        parser.error(f"argument --eps: each value once, got {' '.join(map(str, args.eps))}")
     if args.score_range is not None and not args.score_range[0] < args.score_range[1]:
         parser.error(f"argument --score_range: needs LOW < HIGH, got {args.score_range[0]} {args.score_range[1]}")
     return args
@@ -140,26 +160,55 @@ def table_row(mos: np.ndarray, clean: np.ndarray, attacked: np.ndarray, grad_nor
     return row
 
 
-def format_table(rows: list[dict]) -> str:
+def attack_sweeps(settings: list[tuple[str, float, float, int]]) -> dict[str, list[int]]:
+    """attack -> the indices into `settings` (attack, eps, step size, steps) of its eps, by increasing eps."""
+    sweeps: dict[str, list[int]] = {}
+    for index, (attack, *_) in enumerate(settings):
+        sweeps.setdefault(attack, []).append(index)
+    return {attack: sorted(indices, key=lambda a: settings[a][1]) for attack, indices in sweeps.items()}
+
+
+def summary_rows(names: list[str], settings: list[tuple[str, float, float, int]], clean: np.ndarray,
+                 attacked: np.ndarray, norms: np.ndarray, score_range: tuple[float, float]) -> list[dict]:
+    """One row (see SUMMARY_COLUMNS) per checkpoint x attack, over that attack's eps of the run:
+    integral robustness (metrics.integral_robustness) of SROCC(clean, attacked) and of
+    metrics.score_stability, and the MAE and SROCC at the largest eps. clean, norms: (checkpoints,
+    images); attacked: (checkpoints, settings, images)."""
+    rows = []
+    for k, name in enumerate(names):
+        for attack, indices in attack_sweeps(settings).items():
+            eps = [settings[a][1] for a in indices]
+            srocc = [_metric_or_nan(metrics.srocc, clean[k], attacked[k, a]) for a in indices]
+            stability = [metrics.score_stability(clean[k], attacked[k, a], *score_range) for a in indices]
+            rows.append(dict(model=name, attack=attack, eps_max=eps[-1], eps_count=len(eps), images=clean.shape[1],
+                             grad_norm=float(norms[k].mean()),
+                             mae_at_eps_max=metrics.mae(clean[k], attacked[k, indices[-1]]), srocc_at_eps_max=srocc[-1], integral_srocc=metrics.integral_robustness(eps, srocc),
+                             integral_stability=metrics.integral_robustness(eps, stability)))
+    return rows
+
+
+def format_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     def cell(value) -> str:
         if isinstance(value, float):
             return "-" if math.isnan(value) else f"{value:.4f}"
         return "-" if value is None else str(value)
-    cells = [list(COLUMNS)] + [[cell(row[c]) for c in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    cells = [list(columns)] + [[cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join("  ".join(text.rjust(width) for text, width in zip(line, widths)) for line in cells)
 
 
 def main(args: argparse.Namespace) -> None:
     device = models.select_device(args.device)
     seeding.seed_everything(args.seed)
+    if not args.no_plot:
+        plots.check_matplotlib()  # before the work, not after it
     samples = evaluation_samples(args)
     low, high = args.score_range or folders.SCORE_RANGES.get(args.dataset, (0.0, 100.0))
     middle = (low + high) / 2 if args.score_middle is None else args.score_middle
     names = [str(path) if [Path(p).stem for p in args.checkpoint].count(Path(path).stem) > 1 else Path(path).stem
              for path in args.checkpoint]
     nets = [models.load_hyperiqa(path, device) for path in args.checkpoint]  # fail early on a bad checkpoint
-    settings = [(attack, eps, *attacks.attack_settings(attack, eps, args.alp, args.step))
+    settings = [(attack, eps, *attacks.attack_settings(attack, eps, args.alp, args.step, args.queries))
                 for attack in args.attack for eps in args.eps]  # (attack, eps, step size, steps)
     # The training script's test loader of this seed and round: its first epoch's patches.
     patch_source = make_test_loader(samples, args.dataset, args.patch_num, args.patch_num, args.seed, args.round_index)
@@ -184,7 +233,7 @@ def main(args: argparse.Namespace) -> None:
             for a, (attack, eps, alpha, steps) in enumerate(settings):
                 result = attacks.run_attack(attack, net, pixels, eps, alpha, steps, middle,
                                             seeding.seeded_generator(args.seed, seeding.ATTACK_START, index),
-                                            args.chunk_size)
+                                            args.chunk_size, restarts=args.restarts)
                 adversarial = defended(attacks.quantize_8bit(result.adversarial))
                 attacked[k, a, index] = attacks.score_patches(net, adversarial, args.chunk_size).mean().item()
         if (index + 1) % report_every == 0 or index + 1 == len(samples):
@@ -199,28 +248,56 @@ def main(args: argparse.Namespace) -> None:
         for a, (attack, eps, alpha, steps) in enumerate(settings):
             rows.append(table_row(mos, clean[k], attacked[k, a], float(norms[k].mean()), (low, high), model=name,
                                   attack=attack, eps=eps, alpha=alpha, steps=steps, jpeg_quality=args.jpeg_quality))
+    summary = summary_rows(names, settings, clean, attacked, norms, (low, high))
     print(format_table(rows))
-    save_results(Path(args.out_dir), args, rows, samples, names, settings, clean, norms, attacked, (low, high), middle)
+    print(f"\nIntegral robustness over eps {' '.join(f'{eps:g}' for eps in sorted(args.eps))} "
+          "(1: the attack moved nothing; see metrics.integral_robustness):")
+    print(format_table(summary, SUMMARY_COLUMNS))
+    out_dir = Path(args.out_dir)
+    save_results(out_dir, args, rows, summary, samples, names, settings, clean, norms, attacked, (low, high), middle)
+    if not args.no_plot:
+        draw_plots(out_dir, names, settings, clean, attacked)
 
 
-def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], samples: list[folders.Sample],
-                 names: list[str], settings: list[tuple[str, float, float, int]], clean: np.ndarray, norms: np.ndarray,
-                 attacked: np.ndarray, score_range: tuple[float, float], middle: float) -> None:
-    """robustness.csv (the table) and robustness.json (settings, table, per-image scores) in `out_dir`."""
+def draw_plots(out_dir: Path, names: list[str], settings: list[tuple[str, float, float, int]], clean: np.ndarray,
+               attacked: np.ndarray) -> None:
+    """robustness_vs_eps.png and score_shift.png in `out_dir` (see plots.py); the histograms are
+    those of the largest eps of each attack."""
+    curves, shifts = [], {name: {} for name in names}
+    for k, name in enumerate(names):
+        for attack, indices in attack_sweeps(settings).items():
+            curves.append(plots.Curve(name, attack, [settings[a][1] for a in indices],
+                                      [_metric_or_nan(metrics.srocc, clean[k], attacked[k, a]) for a in indices],
+                                      [metrics.mae(clean[k], attacked[k, a]) for a in indices]))
+            shifts[name][attack] = attacked[k, indices[-1]] - clean[k]
+    written = [plots.plot_robustness_curves(out_dir / "robustness_vs_eps.png", curves),
+               plots.plot_score_shifts(out_dir / "score_shift.png", shifts, max(setting[1] for setting in settings))]
+    print("Saved " + " and ".join(map(str, written)))
+
+
+def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], summary: list[dict],
+                 samples: list[folders.Sample], names: list[str], settings: list[tuple[str, float, float, int]],
+                 clean: np.ndarray, norms: np.ndarray, attacked: np.ndarray, score_range: tuple[float, float],
+                 middle: float) -> None:
+    """robustness.csv (the table), summary.csv (the integral scores) and robustness.json (settings,
+    table, summary, per-image scores) in `out_dir`."""
     def finite(value):  # JSON has no NaN
         return None if isinstance(value, float) and math.isnan(value) else value
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "robustness.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({c: ("" if finite(row[c]) is None else row[c]) for c in COLUMNS} for row in rows)
+    for name, table, columns in (("robustness.csv", rows, COLUMNS), ("summary.csv", summary, SUMMARY_COLUMNS)):
+        with open(out_dir / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({c: ("" if finite(row[c]) is None else row[c]) for c in columns} for row in table)
     report = {
         "settings": {"dataset": args.dataset, "dataset_path": args.dataset_path, "split": args.split,
                      "split_file": args.split_file, "round": args.round_index, "patch_num": args.patch_num,
                      "seed": args.seed, "score_range": list(score_range), "score_middle": middle,
-                     "jpeg_quality": args.jpeg_quality, "checkpoints": dict(zip(names, args.checkpoint))},
+                     "jpeg_quality": args.jpeg_quality, "square_queries": args.queries, "pgd_restarts": args.restarts,
+                     "checkpoints": dict(zip(names, args.checkpoint))},
         "table": [{c: finite(row[c]) for c in COLUMNS} for row in rows],
+        "summary": [{c: finite(row[c]) for c in SUMMARY_COLUMNS} for row in summary],
         "images": [{"path": s.path, "mos": finite(float(s.mos))} for s in samples],
         "scores": {name: {"clean": clean[k].tolist(), "grad_norm": norms[k].tolist(),
                           "attacked": {f"{attack} eps={eps}": attacked[k, a].tolist()
@@ -228,7 +305,7 @@ def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], samp
                    for k, name in enumerate(names)},
     }
     (out_dir / "robustness.json").write_text(json.dumps(report, indent=2))
-    print(f"Saved {out_dir / 'robustness.csv'} and {out_dir / 'robustness.json'}")
+    print(f"Saved {out_dir / 'robustness.csv'}, {out_dir / 'summary.csv'} and {out_dir / 'robustness.json'}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,14 @@ end of the score range) against how far the attack moved it, on a log10 scale, a
     R = mean(log10(max(high - s, s - low) / |s' - s|))
 
 Higher R is more robust; R = 1 means the attack moved the scores by a tenth of the room they had.
+
+Integral robustness (over a sweep of attack radii, as the robustness benchmarks of the field report
+it): the normalized area under a curve v(eps) of a robustness value that is 1 at eps = 0,
+
+    integral = (1 / eps_max) * trapezoid area under (0, 1), (eps_1, v_1), ..., (eps_max, v_max)
+
+1 for a model the attack does not move at all; lower is less robust. The evaluation reports it for
+v = SROCC(clean, attacked) and for v = `score_stability` = 1 - mean|s' - s| / (high - low).
 """
 from __future__ import annotations
 
@@ -96,6 +104,33 @@ def robustness_r(clean: ArrayLike, attacked: ArrayLike, low: float, high: float,
     room = np.maximum(high - s, s - low)
     change = np.maximum(np.abs(s_adv - s), min_change)
     return float(np.mean(np.log10(room / change)))
+
+
+def score_stability(clean: ArrayLike, attacked: ArrayLike, low: float, high: float) -> float:
+    """1 - mean|s' - s| / (high - low): 1 when no score moved, 0 when they moved by the whole score
+    range on average (clean `s`, attacked `s'`: per-image scores; low, high: the score range)."""
+    if not high > low:
+        raise ValueError(f"the score range needs low < high, got low={low}, high={high}")
+    return 1.0 - mae(clean, attacked) / (high - low)
+
+
+def integral_robustness(eps_grid: ArrayLike, values: ArrayLike, value_at_zero: float = 1.0) -> float:
+    """Normalized area under a robustness curve: the trapezoid area under the points
+    (0, value_at_zero), (eps_i, values_i) sorted by eps, divided by the largest eps.
+
+    eps_grid: distinct attack radii > 0 (any unit, any order); values: the robustness value at each
+    (e.g. SROCC between clean and attacked scores). One point gives (value_at_zero + value) / 2.
+    NaN when a value is NaN (e.g. an SROCC over fewer than two images).
+    """
+    eps = np.asarray(eps_grid, dtype=np.float64).reshape(-1)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if eps.shape != v.shape or eps.size == 0:
+        raise ValueError(f"need one value per eps, got {eps.size} eps and {v.size} values")
+    if not (eps > 0).all() or np.unique(eps).size != eps.size:
+        raise ValueError(f"eps must be distinct and > 0, got {eps.tolist()}")
+    order = np.argsort(eps)
+    eps, v = np.concatenate([[0.0], eps[order]]), np.concatenate([[value_at_zero], v[order]])
+    return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(eps)) / eps[-1])
 
 
 # Name -> function of the metrics reported between two score lists, in table order.

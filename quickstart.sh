@@ -5,11 +5,13 @@
 #   2. trains HyperIQA from scratch (--no_pretrained) on the synthetic data set built from examples/,
 #      once as the baseline and once with the NT gradient-norm regularizer (--if_grad);
 #   3. on an example photo, prints both models' gradient norm (quality_and_norm_demo.py) and
-#      attacks both with FGSM (FGSM_demo.py);
-#   4. prints a summary: gradient norm and score change under attack, baseline vs NT.
+#      attacks both with FGSM (FGSM_demo.py, which also draws comparison.png);
+#   4. attacks both on test images of the synthetic set with I-FGSM, which follows the gradient, and
+#      with the square attack, which uses none (evaluate_robustness.py);
+#   5. prints a summary: gradient norm and score change under each attack, baseline vs NT.
 #
 # Everything it writes goes to data/synthetic/ (the data set) and results/quickstart/ (checkpoints,
-# logs, crops, adversarial patches). Run from anywhere: bash quickstart.sh
+# logs, crops, adversarial patches, robustness tables and plots). Run from anywhere: bash quickstart.sh
 # Environment: PYTHON (interpreter that creates the venv, default python3), VENV (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,6 +35,11 @@ NT_H=0.01  # the paper's finite-difference step
 DEMO_PATCHES=4  # patches of the example photo for both demos
 EPS=0.03  # FGSM l_inf bound, [0, 1] pixel units (the demo's default)
 ALPHA=0.01  # FGSM step, [0, 1] pixel units (the demo's default: one step of 0.01)
+# Robustness on the synthetic test set (17 images of one photo): I-FGSM as above, and the gradient-free
+# square attack with a small budget, both at eps $EPS.
+EVAL_IMAGES=8
+EVAL_PATCHES=1
+SQUARE_QUERIES=100  # score queries per patch (the attack's default is 1000; 100 keep this step near a minute)
 
 step() { printf '\n=== [%s, %ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*"; }
 
@@ -76,7 +83,13 @@ for label in baseline NT; do
         --eps "$EPS" --alp "$ALPHA" --step 1 --save_dir "$OUT/adv_$label" | tee "$OUT/fgsm_$label.txt"
 done
 
-# The numbers, read back from the demos' printed lines.
+step "I-FGSM and square attack on $EVAL_IMAGES synthetic test images, both models (eps $EPS, $SQUARE_QUERIES queries)"
+"$PY" evaluate_robustness.py --dataset synthetic --dataset_path "$DATA" --checkpoint "$BASELINE_CKPT" "$NT_CKPT" \
+    --attack ifgsm square --eps "$EPS" --alp "$ALPHA" --step 1 --queries "$SQUARE_QUERIES" \
+    --limit "$EVAL_IMAGES" --patch_num "$EVAL_PATCHES" --seed "$SEED" --out_dir "$OUT/robustness" \
+    | tee "$OUT/robustness.txt"
+
+# The numbers, read back from the demos' printed lines and the evaluation's summary.csv.
 value() { grep -m1 -F "$2" "$1" | sed 's/.*://'; }  # value <file> <line prefix>: the number after the colon
 norm_line() { grep -A2 -F 'L_1 norm' "$OUT/quality_and_norm.txt" | grep -m1 -F "$1" | sed 's/.*://'; }
 summary_row() {  # summary_row <label> <gradient norm> <fgsm output file>
@@ -86,9 +99,23 @@ summary_row() {  # summary_row <label> <gradient norm> <fgsm output file>
     awk -v l="$1" -v g="$2" -v c="$clean" -v a="$attacked" \
         'BEGIN { d = a - c; if (d < 0) d = -d; printf "%-9s %14.2f %12.2f %14.2f %18.2f\n", l, g, c, a, d }'
 }
-step "Summary ($IMAGE, $DEMO_PATCHES patches, FGSM eps $EPS, one step of $ALPHA)"
+robustness_rows() {  # the rows of summary.csv, the checkpoints named baseline and NT
+    awk -F, -v base="$(basename "$BASELINE_CKPT" .pth)" -v nt="$(basename "$NT_CKPT" .pth)" '
+        NR == 1 { for (i = 1; i <= NF; i++) column[$i] = i; next }
+        { model = $column["model"] == base ? "baseline" : ($column["model"] == nt ? "NT" : $column["model"])
+          srocc = $column["srocc_at_eps_max"] == "" ? "-" : sprintf("%.3f", $column["srocc_at_eps_max"])
+          printf "%-9s %-7s %21.2f %23s\n", model, $column["attack"], $column["mae_at_eps_max"], srocc }' \
+        "$OUT/robustness/summary.csv"
+}
+step "Summary"
+echo "FGSM demo on $IMAGE ($DEMO_PATCHES patches, eps $EPS, one step of $ALPHA):"
 printf '%-9s %14s %12s %14s %18s\n' model 'gradient norm' 'clean score' 'attacked score' '|score change|'
 summary_row baseline "$(norm_line 'HyperIQA:')" "$OUT/fgsm_baseline.txt"
 summary_row NT "$(norm_line 'HyperIQA+NT:')" "$OUT/fgsm_NT.txt"
-echo "Expected: NT has the lower gradient norm and the smaller score change under attack."
+echo
+echo "$EVAL_IMAGES synthetic test images ($EVAL_PATCHES patch per image), eps $EPS; ifgsm follows the gradient, square uses none:"
+printf '%-9s %-7s %21s %23s\n' model attack 'mean |score change|' 'SROCC(clean, attacked)'
+robustness_rows
+echo "Expected: NT has the lower gradient norm and the smaller score change under attack. If its change"
+echo "is smaller under the square attack too, its robustness is not only a hidden gradient."
 echo "Total time: ${SECONDS}s. Outputs in $OUT/."

@@ -28,7 +28,20 @@ def pixels():
     return x
 
 
-@pytest.mark.parametrize("attack", ["fgsm", "ifgsm", "pgd"])
+class RoundingScoreModel(StandInScoreModel):
+    """The stand-in behind a rounding of its (normalized) input to steps of 1/255: the same scores,
+    to a fraction of a point, but an input gradient of exactly zero (gradient masking)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.round(x * 255) / 255)
+
+
+MASKING_SPREAD = 1000.0  # wide enough that eps = 0.03 is worth several score points
+SQUARE_TEST_QUERIES = 500
+SEVERAL_POINTS = 3.0
+
+
+@pytest.mark.parametrize("attack", attacks.ATTACKS)
 def test_attack_stays_in_the_eps_ball_and_pixel_range_and_leaves_the_input(model, pixels, attack):
     before = pixels.clone()
     adversarial = attacks.run_attack(attack, model, pixels, eps=0.03, alpha=0.01, steps=5,
@@ -57,6 +70,103 @@ def test_each_attack_has_its_own_default_steps():
     alpha, steps = attacks.attack_settings("pgd", 0.02)
     assert steps == attacks.PGD_STEPS == 10 and alpha == pytest.approx(2.5 * 0.02 / 10)
     assert attacks.attack_settings("pgd", 0.02, alpha=0.001, steps=3) == (0.001, 3)
+
+
+def test_mifgsm_and_square_defaults():
+    alpha, steps = attacks.attack_settings("mifgsm", 0.02)
+    assert steps == attacks.MIFGSM_STEPS == 10 and alpha == pytest.approx(0.02 / 10)  # Dong et al.
+    assert attacks.attack_settings("mifgsm", 0.02, alpha=0.001, steps=3) == (0.001, 3)
+    alpha, queries = attacks.attack_settings("square", 0.02, alpha=0.5, steps=7)  # a budget of queries, not steps
+    assert queries == attacks.SQUARE_QUERIES and alpha != alpha  # no step size: NaN
+    assert attacks.attack_settings("square", 0.02, queries=30)[1] == 30
+
+
+def directed_change(model, pixels, adversarial, middle) -> torch.Tensor:
+    """Per image (B,): how far the score moved in the direction its attack pushes it."""
+    clean = attacks.score_patches(model, pixels)
+    return attacks.attack_direction(clean, middle) * (attacks.score_patches(model, adversarial) - clean)
+
+
+def every_attack(model, pixels, middle, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Adversarial images (B, 3, H, W) of every attack at eps 0.03 with its default settings."""
+    results = {}
+    for name in attacks.ATTACKS:
+        alpha, steps = attacks.attack_settings(name, 0.03, queries=SQUARE_TEST_QUERIES)
+        results[name] = attacks.run_attack(name, model, pixels, 0.03, alpha, steps, middle,
+                                           torch.Generator().manual_seed(seed)).adversarial
+    return results
+
+
+def test_every_attack_moves_every_score_the_chosen_way_on_a_smooth_model(pixels):
+    model = StandInScoreModel(spread=MASKING_SPREAD)
+    middle = attacks.score_patches(model, pixels).median().item()  # some patches pushed down, some up
+    for name, adversarial in every_attack(model, pixels, middle).items():
+        assert (directed_change(model, pixels, adversarial, middle) > 0).all(), name
+
+
+def test_gradient_attacks_are_stopped_by_a_masked_gradient_and_the_square_attack_is_not(pixels):
+    model = RoundingScoreModel(spread=MASKING_SPREAD)
+    middle = attacks.score_patches(model, pixels).median().item()
+    adversarial = every_attack(model, pixels, middle)
+    for name in ("fgsm", "ifgsm", "mifgsm"):  # a zero gradient has no sign: not a pixel moves
+        assert torch.equal(adversarial[name], pixels), name
+    noise = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(0))
+    start = (pixels + (2 * noise - 1) * 0.03).clamp(0, 1)
+    torch.testing.assert_close(adversarial["pgd"], start, rtol=0, atol=PIXEL_TOL)  # PGD stays at its random start
+    assert directed_change(model, pixels, adversarial["pgd"], middle).abs().max() < 1.5
+    assert (directed_change(model, pixels, adversarial["square"], middle) > SEVERAL_POINTS).all()
+
+
+def test_square_attack_spends_its_queries_on_all_images_at_once(pixels):
+    calls = []
+
+    class CountingModel(StandInScoreModel):
+        def forward(self, x):
+            calls.append(len(x))
+            return super().forward(x)
+
+    attacks.square(CountingModel(), pixels, eps=0.03, queries=7, generator=torch.Generator().manual_seed(0),
+                   chunk_size=len(pixels))
+    assert calls == [len(pixels)] * (1 + 7)  # the clean scores, the stripes, 6 windows
+
+
+def test_square_attack_is_seeded_and_independent_of_chunking(model, pixels):
+    def run(seed, chunk_size):
+        return attacks.square(model, pixels, eps=0.03, queries=20, generator=torch.Generator().manual_seed(seed),
+                              chunk_size=chunk_size).adversarial
+    first = run(0, 6)
+    torch.testing.assert_close(run(0, 4), first, rtol=0, atol=PIXEL_TOL)
+    assert not torch.allclose(run(1, 6), first)
+    moved = (first - pixels).abs()
+    assert ((moved < PIXEL_TOL) | ((moved - 0.03).abs() < PIXEL_TOL) | (first == 0) | (first == 1)).all()  # vertices
+
+
+def test_square_size_follows_the_paper_schedule():
+    p = attacks.SQUARE_P_INIT
+    assert attacks.square_fraction(0, 10000) == attacks.square_fraction(10, 10000) == p
+    assert attacks.square_fraction(11, 10000) == p / 2
+    assert attacks.square_fraction(9999, 10000) == p / 512
+    assert attacks.square_fraction(1, 100) == p / 4  # rescaled to 10000 queries: index 100
+    assert attacks.square_side(0.05, 224, 224) == 50  # round(sqrt(0.05 * 224 * 224))
+    assert attacks.square_side(1e-6, 224, 224) == 1 and attacks.square_side(1.0, 16, 20) == 15
+
+
+def test_mifgsm_without_momentum_is_iterative_fgsm(model, pixels):
+    torch.testing.assert_close(attacks.mifgsm(model, pixels, eps=0.03, alpha=0.01, steps=3, momentum=0.0).adversarial,
+                               attacks.iterative_fgsm(model, pixels, eps=0.03, alpha=0.01, steps=3).adversarial)
+
+
+def test_pgd_with_restarts_keeps_per_image_the_restart_that_moved_the_score_most(model, pixels):
+    middle = attacks.score_patches(model, pixels).median().item()
+    settings = dict(eps=0.03, alpha=0.01, steps=2, middle=middle)
+    generator = torch.Generator().manual_seed(0)
+    singles = torch.stack([attacks.pgd(model, pixels, generator=generator, **settings).adversarial for _ in range(3)])
+    best = attacks.run_attack("pgd", model, pixels, generator=torch.Generator().manual_seed(0), restarts=3,
+                              **settings).adversarial
+    gains = torch.stack([directed_change(model, pixels, single, middle) for single in singles])  # (3, B)
+    expected = singles[gains.argmax(dim=0), torch.arange(len(pixels))]
+    assert gains.argmax(dim=0).unique().numel() > 1  # the restarts won on different images
+    torch.testing.assert_close(best, expected, rtol=0, atol=PIXEL_TOL)
 
 
 def test_attack_direction_rule():
@@ -149,7 +259,7 @@ def test_invalid_attack_settings_are_rejected(model, pixels):
         attacks.iterative_fgsm(model, pixels, eps=0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         attacks.iterative_fgsm(model, pixels, steps=0)
-    with pytest.raises(ValueError, match="valid: fgsm, ifgsm, pgd"):
+    with pytest.raises(ValueError, match="valid: fgsm, ifgsm, pgd, mifgsm, square"):
         attacks.run_attack("cw", model, pixels, 0.03, 0.01, 1)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         attacks.score_patches(model, pixels[0])

@@ -5,11 +5,17 @@ import re
 import pytest
 import torch
 
+from PIL import Image
+
 import attacks
+import FGSM_demo
 import models
+import plots
 from images import image_to_tensor, load_image, tensor_to_image
 from patches import image_patches
 from tests import recipe
+from tests.stand_in import StandInScoreModel
+from tests.test_reliability import run_main, write_png
 
 RTOL = 1e-4
 PRINT_ATOL = 5e-5  # the quality demo prints 4 decimals
@@ -50,6 +56,24 @@ def test_fgsm_demo_prints_and_saves_what_the_attack_gives(tmp_path, recipe_check
     assert (png == saved).float().mean() > 0.999  # lossless (a near-zero gradient may flip a sign)
     assert (png - pixels).abs().max() <= 0.03 + 0.5 / 255
     assert f"saved to: {tmp_path / 'adv'}" in run.stdout
+
+
+def test_fgsm_demo_draws_clean_adversarial_and_perturbation_of_up_to_four_patches(tmp_path, capsys, monkeypatch):
+    patch_num, rows = 5, plots.MAX_COMPARISON_PATCHES  # one row per patch, at most 4
+    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: StandInScoreModel().eval())
+    image = write_png(tmp_path / "photo.png", size=(260, 240))
+    common = ["--img_name", image, "--checkpoint", "model.pth", "--patch_num", patch_num, "--device", "cpu"]
+    status, stdout, stderr = run_main(FGSM_demo, common + ["--save_dir", tmp_path / "adv"], capsys, monkeypatch)
+    assert status == 0, stderr
+    assert f"{tmp_path / 'adv' / 'comparison.png'}" in stdout
+    panel = plots.PANEL_INCHES * plots.DPI  # pixels
+    with Image.open(tmp_path / "adv" / "comparison.png") as picture:
+        assert picture.format == "PNG" and picture.size == (round(3 * panel), round(rows * panel))  # 3 columns
+
+    status, _, stderr = run_main(FGSM_demo, common + ["--save_dir", tmp_path / "quiet", "--no_plot"], capsys, monkeypatch)
+    assert status == 0, stderr
+    assert len(list((tmp_path / "quiet").glob("photo_*.png"))) == patch_num
+    assert not (tmp_path / "quiet" / "comparison.png").exists()
 
 
 def test_quality_demo_prints_norms_then_scores_of_baseline_then_nt(tmp_path, recipe_checkpoints, run_cli):
@@ -98,11 +122,12 @@ def test_help_explains_every_flag(run_cli):
     assert all(run.returncode == 0 for run in runs)
     fgsm, quality, evaluate = (run.stdout for run in runs)
     for flag in ("--img_name", "--attacked_model", "--eps", "--alp", "--step", "--patch_num", "--checkpoint",
-                 "--mos", "--save_dir", "--device", "--seed", "--upscale_small"):
+                 "--mos", "--save_dir", "--device", "--seed", "--upscale_small", "--no_plot"):
         assert flag in fgsm
     assert "grad[1]_weight[0.001]_h[0.01].pth" in fgsm and "grad[0]_weight[0.0].pth" in fgsm
     for flag in ("--img_name", "--img", "--patch_num", "--patch_size", "--regenerate_crops",
                  "--baseline_checkpoint", "--nt_checkpoint", "--upscale_small"):
         assert flag in quality
-    for flag in ("--checkpoint", "--dataset", "--attack", "--eps", "--jpeg_quality", "--out_dir"):
+    for flag in ("--checkpoint", "--dataset", "--attack", "--eps", "--jpeg_quality", "--out_dir", "--queries",
+                 "--restarts", "--no_plot", "mifgsm", "square"):
         assert flag in evaluate

@@ -1,16 +1,22 @@
 """evaluate_robustness.py end to end on tiny fake data sets, through the command line."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import evaluate_robustness
 import folders
 import metrics
-from evaluate_robustness import COLUMNS
+import models
+from evaluate_robustness import COLUMNS, SUMMARY_COLUMNS
 from images import tensor_to_image
 from splits import split_samples
+from tests.stand_in import StandInScoreModel
+from tests.test_reliability import run_main
 
 def make_csv_dataset(folder, count: int) -> tuple:
     """`count` noise images of 240x232 pixels (smoother ones get a higher MOS) and labels.csv."""
@@ -84,3 +90,58 @@ def test_a_bad_image_of_the_test_split_is_named_with_its_index(tmp_path, hyperiq
     error = run.stderr.strip().splitlines()[-1]
     assert error.startswith("evaluate_robustness.py: error: image 0 of the csv test set")
     assert test[0].path in error
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sweep_gives_integral_scores_and_plots_and_no_plot_skips_them(tmp_path, capsys, monkeypatch):
+    labels, _ = make_csv_dataset(tmp_path / "set", 3)
+    spreads = {"smooth": 20.0, "steep": 200.0}  # two stand-in "checkpoints" of different sensitivity
+    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: StandInScoreModel(spreads[Path(path).stem]).eval())
+    out = tmp_path / "out"
+    argv = ["--dataset", "csv", "--dataset_path", labels, "--split", "all", "--checkpoint", "smooth.pth", "steep.pth",
+            "--attack", "fgsm", "square", "--eps", "0.02", "0.01", "--queries", "3", "--patch_num", "1",
+            "--out_dir", out, "--device", "cpu"]
+    status, stdout, stderr = run_main(evaluate_robustness, argv, capsys, monkeypatch)
+    assert status == 0, stderr
+    assert "Integral robustness" in stdout
+
+    with open(out / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert list(summary[0]) == list(SUMMARY_COLUMNS) and sum("integral" in c for c in SUMMARY_COLUMNS) == 2
+    report = json.loads((out / "robustness.json").read_text())
+    assert [(r["model"], r["attack"]) for r in report["summary"]] == [
+        ("smooth", "fgsm"), ("smooth", "square"), ("steep", "fgsm"), ("steep", "square")]
+    assert report["settings"]["square_queries"] == 3
+    for row in report["summary"]:
+        scores = report["scores"][row["model"]]
+        clean = np.array(scores["clean"])
+        attacked = [np.array(scores["attacked"][f"{row['attack']} eps={eps}"]) for eps in (0.01, 0.02)]
+        srocc = [metrics.srocc(clean, a) for a in attacked]
+        change = [np.abs(a - clean).mean() for a in attacked]
+        # trapezoids from (0, 1) over [0, 0.02], divided by 0.02
+        assert row["integral_srocc"] == pytest.approx(((1 + srocc[0]) / 2 + (srocc[0] + srocc[1]) / 2) / 2)
+        stability = [1 - c / 100 for c in change]
+        assert row["integral_stability"] == pytest.approx(((1 + stability[0]) / 2 + (stability[0] + stability[1]) / 2) / 2)
+        assert (row["eps_max"], row["eps_count"], row["images"]) == (0.02, 2, 3)
+        assert row["mae_at_eps_max"] == pytest.approx(change[1])
+    steep_fgsm, smooth_fgsm = report["summary"][2], report["summary"][0]
+    assert steep_fgsm["integral_stability"] < smooth_fgsm["integral_stability"] < 1
+
+    for name, (min_width, min_height) in (("robustness_vs_eps.png", (600, 300)), ("score_shift.png", (600, 250))):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(out / name) as picture:
+            assert picture.width >= min_width and picture.height >= min_height, name
+
+    quiet = tmp_path / "quiet"
+    status, _, stderr = run_main(evaluate_robustness, [
+        "--dataset", "csv", "--dataset_path", labels, "--split", "all", "--checkpoint", "smooth.pth", "--attack", "fgsm",
+        "--limit", "2", "--patch_num", "1", "--out_dir", quiet, "--device", "cpu", "--no_plot"], capsys, monkeypatch)
+    assert status == 0, stderr
+    assert (quiet / "summary.csv").exists() and not list(quiet.glob("*.png"))
+
+
+def test_an_eps_given_twice_is_refused():
+    with pytest.raises(SystemExit):
+        evaluate_robustness.parse_args(["--checkpoint", "a.pth", "--dataset_path", "x", "--eps", "0.01", "0.01"])

@@ -73,3 +73,21 @@ def test_metrics_accept_arrays_and_return_floats():
     a, b = np.array([[1.0], [2.0], [4.0]]), (2.0, 3.0, 3.0)
     values = [f(a, b) for f in metrics.AGREEMENT_METRICS.values()]
     assert all(type(v) is float for v in values)
+
+
+def test_integral_robustness_is_the_normalized_trapezoid_area_from_one_at_zero():
+    # (0, 1), (1, 0.8), (2, 0.6), (4, 0.2): 0.9 + 0.7 + 0.8 = 2.4 over [0, 4]
+    assert metrics.integral_robustness([4, 1, 2], [0.2, 0.8, 0.6]) == pytest.approx(0.6)
+    assert metrics.integral_robustness([0.03], [0.5]) == pytest.approx(0.75)
+    assert metrics.integral_robustness([1, 2], [1.0, 1.0]) == pytest.approx(1.0)  # never moved
+    assert metrics.integral_robustness([1, 2], [0.0, 0.0], value_at_zero=0.0) == 0.0
+    assert math.isnan(metrics.integral_robustness([1, 2], [0.5, math.nan]))
+    with pytest.raises(ValueError, match="distinct and > 0"):
+        metrics.integral_robustness([1, 1], [0.5, 0.4])
+    with pytest.raises(ValueError, match="one value per eps"):
+        metrics.integral_robustness([1, 2], [0.5])
+
+
+def test_score_stability_is_one_minus_the_mean_absolute_change_over_the_range():
+    assert metrics.score_stability([10, 50], [12, 44], 0, 100) == pytest.approx(1 - 4 / 100)
+    assert metrics.score_stability([1, 2], [1, 2], 0, 5) == 1.0

@@ -158,7 +158,7 @@ def test_an_image_smaller_than_a_patch_stops_unless_upscaling_is_asked(tmp_path,
     status, stdout, stderr = run_main(FGSM_demo, common + ["--upscale_small"], capsys, monkeypatch)
     assert status == 0, stderr
     assert "2 patches of" in stdout
-    saved = sorted((tmp_path / "adv").iterdir())
+    saved = sorted((tmp_path / "adv").glob("small_*.png"))
     assert [Image.open(path).size for path in saved] == [(224, 224)] * 2  # crops of the 336x224 upscaled image
 
 
