@@ -115,8 +115,8 @@ def add_upscale_small_argument(parser: argparse.ArgumentParser) -> None:
 def run_main(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
     """Call `main(args)` and exit: 0 on success; 1 with `prog: error: message` on a ValueError,
     OSError or ImportError (bad input, missing file, unreadable checkpoint, missing optional package);
-    130 on Ctrl-C. Set HYPERIQA_DEBUG=1 to
-    see the traceback instead."""
+    130 on Ctrl-C. Under torchrun with several processes the message starts with `[rank r/N]`. Set
+    HYPERIQA_DEBUG=1 to see the traceback instead."""
     prog = os.path.basename(sys.argv[0]) or "hyperiqa"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes started by torchrun
         prog = f"[rank {os.environ.get('RANK', '?')}/{os.environ['WORLD_SIZE']}] {prog}"

@@ -15,13 +15,16 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from models import select_device
+
+
+T = TypeVar("T")
 
 
 class PeerFailed(ConnectionError):
@@ -76,6 +79,15 @@ def stop(processes: Processes) -> None:
     """Leave the process group (nothing for a single process)."""
     if processes.launched and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def main_first(processes: Processes, build: Callable[[], T]) -> T:
+    """`build()` in every process, rank 0's first: what it writes (a generated data set) is complete
+    before the others read it."""
+    if processes.is_main:
+        result = build()
+    wait_for_all(processes)
+    return result if processes.is_main else build()
 
 
 def wait_for_all(processes: Processes) -> None:

@@ -4,6 +4,7 @@
         --split_file CLIVE_traintest_index.pkl --checkpoint checkpoints/a.pth checkpoints/b.pth \\
         --attack fgsm ifgsm pgd mifgsm square --eps 0.00392 0.00784 0.01569 0.03137
     python evaluate_robustness.py --dataset folder --dataset_path my_images/ --checkpoint a.pth --patch_num 5
+    torchrun --standalone --nproc_per_node 4 evaluate_robustness.py ...   # the images shared out over 4 GPUs
 
 For every image: `--patch_num` seeded random 224x224 patches (with the same --seed and --round, the
 very patches the training script's test loader draws at its first epoch, with the released test
@@ -53,6 +54,7 @@ import cli
 import folders
 import metrics
 import models
+import distributed
 import plots
 import seeding
 from data_loader import make_test_loader
@@ -182,7 +184,8 @@ def summary_rows(names: list[str], settings: list[tuple[str, float, float, int]]
             stability = [metrics.score_stability(clean[k], attacked[k, a], *score_range) for a in indices]
             rows.append(dict(model=name, attack=attack, eps_max=eps[-1], eps_count=len(eps), images=clean.shape[1],
                              grad_norm=float(norms[k].mean()),
-                             mae_at_eps_max=metrics.mae(clean[k], attacked[k, indices[-1]]), srocc_at_eps_max=srocc[-1], integral_srocc=metrics.integral_robustness(eps, srocc),
+                             mae_at_eps_max=metrics.mae(clean[k], attacked[k, indices[-1]]),
+                             srocc_at_eps_max=srocc[-1], integral_srocc=metrics.integral_robustness(eps, srocc),
                              integral_stability=metrics.integral_robustness(eps, stability)))
     return rows
 
@@ -198,11 +201,21 @@ def format_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    device = models.select_device(args.device)
+    processes = distributed.start(args.device)
+    try:
+        evaluate(args, processes)
+    finally:
+        distributed.stop(processes)
+
+
+def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None:
+    """The evaluation in this process: under torchrun, each process attacks the images whose index is
+    congruent to its rank modulo their number, and rank 0 gathers the scores, prints and writes."""
+    device = processes.device
     seeding.seed_everything(args.seed)
     if not args.no_plot:
         plots.check_matplotlib()  # before the work, not after it
-    samples = evaluation_samples(args)
+    samples = distributed.main_first(processes, lambda: evaluation_samples(args))
     low, high = args.score_range or folders.SCORE_RANGES.get(args.dataset, (0.0, 100.0))
     middle = (low + high) / 2 if args.score_middle is None else args.score_middle
     names = [str(path) if [Path(p).stem for p in args.checkpoint].count(Path(path).stem) > 1 else Path(path).stem
@@ -217,13 +230,16 @@ def main(args: argparse.Namespace) -> None:
         return attacks.jpeg_recompress(pixels, args.jpeg_quality) if args.jpeg_quality else pixels
 
 
-    clean = np.zeros((len(nets), len(samples)))
-    norms = np.zeros((len(nets), len(samples)))
-    attacked = np.zeros((len(nets), len(settings), len(samples)))
-    print(f"Evaluating {len(nets)} checkpoint(s) on {len(samples)} images x {args.patch_num} patches, "
-          f"{len(settings)} attack setting(s), on {device}", file=sys.stderr, flush=True)
-    started, report_every = time.monotonic(), max(1, len(samples) // 20)
-    for index in range(len(samples)):
+    clean = torch.zeros((len(nets), len(samples)), dtype=torch.float64)
+    norms = torch.zeros_like(clean)
+    attacked = torch.zeros((len(nets), len(settings), len(samples)), dtype=torch.float64)
+    mine = list(range(processes.rank, len(samples), processes.world_size))
+    if processes.is_main:
+        print(f"Evaluating {len(nets)} checkpoint(s) on {len(samples)} images x {args.patch_num} patches, "
+              f"{len(settings)} attack setting(s), on {device}"
+              + (f", {processes.world_size} processes" if processes.world_size > 1 else ""), file=sys.stderr, flush=True)
+    started, report_every = time.monotonic(), max(1, len(mine) // 20)
+    for done, index in enumerate(mine, start=1):
         pixels = patch_source.patches_of(index, epoch=0).to(device).float().div_(255.0)
         for k, net in enumerate(nets):
             scores, grad_norms = attacks.scores_and_gradient_norms(net, pixels, args.chunk_size)
@@ -236,12 +252,23 @@ def main(args: argparse.Namespace) -> None:
                                             args.chunk_size, restarts=args.restarts)
                 adversarial = defended(attacks.quantize_8bit(result.adversarial))
                 attacked[k, a, index] = attacks.score_patches(net, adversarial, args.chunk_size).mean().item()
-        if (index + 1) % report_every == 0 or index + 1 == len(samples):
+        if processes.is_main and (done % report_every == 0 or done == len(mine)):
             elapsed = time.monotonic() - started
-            left = elapsed / (index + 1) * (len(samples) - index - 1)
-            print(f"[{index + 1}/{len(samples)}] {elapsed:.0f} s elapsed, about {left:.0f} s left",
+            left = elapsed / done * (len(mine) - done)
+            print(f"[{done}/{len(mine)}] {elapsed:.0f} s elapsed, about {left:.0f} s left",
                   file=sys.stderr, flush=True)
+    for scores in (clean, norms, attacked):  # each image was scored by one process, zeros elsewhere
+        distributed.all_sum(processes, scores)
+    if processes.is_main:
+        report(args, samples, names, settings, clean.numpy(), norms.numpy(), attacked.numpy(), (low, high), middle)
 
+
+def report(args: argparse.Namespace, samples: list[folders.Sample], names: list[str],
+           settings: list[tuple[str, float, float, int]], clean: np.ndarray, norms: np.ndarray, attacked: np.ndarray,
+           score_range: tuple[float, float], middle: float) -> None:
+    """Print the tables and write the files and plots: clean, norms (checkpoints, images), attacked
+    (checkpoints, settings, images)."""
+    low, high = score_range
     mos = np.array([sample.mos for sample in samples], dtype=np.float64)
     rows = []
     for k, name in enumerate(names):

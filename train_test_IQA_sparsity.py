@@ -131,11 +131,7 @@ def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: dis
     if config.batch_size % processes.world_size:
         raise ValueError(f"--batch_size {config.batch_size} is the batch over all {processes.world_size} processes "
                          f"and must be divisible by their number")
-    if processes.is_main:  # builds the synthetic set if needed, before the others read it
-        samples = folders.list_samples(args.dataset, root, args.seed)
-    distributed.wait_for_all(processes)
-    if not processes.is_main:
-        samples = folders.list_samples(args.dataset, root, args.seed)
+    samples = distributed.main_first(processes, lambda: folders.list_samples(args.dataset, root, args.seed))
     files = config.run_files(args.checkpoint_dir)
     resume = None if args.resume is None else (args.resume or files.state)
     log_path = files.log if args.log_file is None else (args.log_file or None)

@@ -1,5 +1,5 @@
 """Several processes: torchrun started by the tests themselves, 2 processes with gloo on the CPU, on tiny
-fake data sets, with the stand-in model in place of HyperIQA (tests/train_with_stand_in.py)."""
+fake data sets, with the stand-in model in place of HyperIQA (tests/run_with_stand_in.py)."""
 import os
 import signal
 import subprocess
@@ -18,7 +18,7 @@ from tests.stand_in import StandInScoreModel
 from train_config import TrainConfig
 
 MAIN = Path(__file__).resolve().parents[1]
-HARNESS = str(MAIN / "tests" / "train_with_stand_in.py")
+HARNESS = str(MAIN / "tests" / "run_with_stand_in.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 TABLE_HEADER = "Epoch\tTrain_Loss\tTrain_SRCC\tTest_SRCC\tTest_PLCC"
 # 8 training images x 2 patches, global batches of 4: 4 steps per epoch, 2 patches per process
@@ -118,6 +118,20 @@ def test_a_failing_process_ends_the_run_with_its_message_and_the_last_checkpoint
     assert torch.load(tmp_path / "ck" / NAME, weights_only=True)["epoch"] == 1
     assert torch.load(tmp_path / "ck" / NAME.replace(".pth", ".resume.pth"), weights_only=True)["progress"]["epoch"] == 1
     assert [row.split("\t")[0] for row in table(run.stdout)[1:]] == ["1"]
+
+
+def test_evaluation_with_two_processes_writes_what_one_process_writes(tmp_path):
+    fake_datasets.make_csv(tmp_path / "data", count=5)
+    common = ["evaluate", "--dataset", "csv", "--dataset_path", tmp_path / "data", "--split", "all",
+              "--checkpoint", "stand_in.pth", "--attack", "fgsm", "pgd", "--eps", "0.01", "0.02", "--step", "2",
+              "--patch_num", "2", "--device", "cpu", "--no_plot"]
+    two = torchrun(*common, "--out_dir", tmp_path / "two")
+    one = subprocess.run([sys.executable, HARNESS, *map(str, common), "--out_dir", str(tmp_path / "one")], cwd=MAIN,
+                         env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
+    for name in ("robustness.csv", "summary.csv", "robustness.json"):  # the same numbers, to the last digit
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    assert two.stdout.count("grad_norm") == one.stdout.count("grad_norm") == 2  # rank 0 alone prints the tables
 
 
 def test_batches_of_several_processes_deal_every_entry_once():

@@ -1,12 +1,14 @@
-"""The training script with the tests' stand-in model, as one process or as one of several under torchrun.
+"""The scripts with the tests' stand-in model, as one process or as one of several under torchrun.
 
-    python tests/train_with_stand_in.py train ARGS...
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train_with_stand_in.py train ARGS...
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train_with_stand_in.py gradients OUT.pt ...
+    python tests/run_with_stand_in.py train ARGS...
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/run_with_stand_in.py train ARGS...
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/run_with_stand_in.py evaluate ARGS...
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/run_with_stand_in.py gradients OUT.pt ...
 
-`train ARGS...`: train_test_IQA_sparsity.py's main on ARGS, through cli.run_main as the script runs
-it, with the tests' stand-in model in place of HyperIQA. HARNESS_FAIL_RANK and HARNESS_FAIL_FORWARD
-make that rank's stand-in raise a ValueError at that training forward (a failing process).
+`train ARGS...` / `evaluate ARGS...`: train_test_IQA_sparsity.py's / evaluate_robustness.py's main on
+ARGS, through cli.run_main as the scripts run it, with the stand-in model in place of HyperIQA (for
+evaluate, every --checkpoint loads as the stand-in). HARNESS_FAIL_RANK and HARNESS_FAIL_FORWARD make
+that rank's stand-in raise a ValueError at that training forward (a failing process).
 
 `gradients OUT.pt BATCH CSV COUNT...`: for the first COUNT images of the CSV data set, one NT training
 step on each global batch of BATCH entries through the solver's functions (each process's share,
@@ -23,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
 import distributed  # noqa: E402
+import evaluate_robustness  # noqa: E402
 import HyperIQASolver  # noqa: E402
+import models  # noqa: E402
 import train_test_IQA_sparsity  # noqa: E402
 from tests.stand_in import StandInScoreModel  # noqa: E402
 
@@ -78,6 +82,10 @@ if __name__ == "__main__":
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "gradients":
         gradients_of_each_step(rest[0], int(rest[1]), rest[2], [int(count) for count in rest[3:]])
+    elif command == "evaluate":
+        models.load_hyperiqa = lambda path, device: StandInScoreModel().to(device).eval()
+        sys.argv = ["evaluate_robustness.py", *rest]
+        cli.run_main(evaluate_robustness.main, evaluate_robustness.parse_args(rest))
     else:
         HyperIQASolver.build_model = lambda **kwargs: stand_in()
         sys.argv = ["train_test_IQA_sparsity.py", *rest]
