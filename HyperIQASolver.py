@@ -391,7 +391,7 @@ def train_and_test(config: TrainConfig, samples: Sequence[Sample], processes: Pr
                    backbone_weights: str | None = None, num_workers: int = 0, cache_gib: float = DEFAULT_CACHE_GIB,
                    resume: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> list[tuple[float, float]]:
     """All `config.train_test_num` rounds: split, fresh model, `HyperIQASolver.train()`, in this process
-    of `processes` (distributed.start).
+    of `processes` (distributed.process_group).
 
     Returns the best (SROCC, PLCC) of each round. The best checkpoint of each round is written to
     `config.run_files(checkpoint_dir).checkpoint` (a later round overwrites it, as released) and the

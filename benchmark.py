@@ -275,29 +275,28 @@ def scaling_worker(args: argparse.Namespace) -> None:
     """Under torchrun: `--repeats` timed training steps of HyperIQA (after `--warmup`), each process on
     its share of a global batch of `--batch_size` random patches, in DistributedDataParallel; rank 0
     prints the seconds per step as JSON."""
-    processes = distributed.start(args.device)
-    config = TrainConfig(batch_size=args.batch_size, if_grad=args.scaling_loss == "nt")
-    torch.manual_seed(0)
-    network = models.build_model(device=processes.device).train()
-    model = distributed.wrap_for_training(processes, network)
-    optimizer = build_optimizer(network, config, 0)
-    local = args.batch_size // processes.world_size
-    generator = torch.Generator().manual_seed(processes.rank)
-    images = models.normalize(torch.rand((local, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator))
-    images, mos = images.to(processes.device), (100 * torch.rand(local, generator=generator)).to(processes.device)
-    sync = torch.cuda.synchronize if processes.device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
-        train_step(model, optimizer, images, mos, config)
-    sync()
-    distributed.wait_for_all(processes)
-    started = time.perf_counter()
-    for _ in range(args.repeats):
-        train_step(model, optimizer, images, mos, config)
-    sync()
-    distributed.wait_for_all(processes)
-    if processes.is_main:
-        print(json.dumps({"seconds_per_step": (time.perf_counter() - started) / args.repeats}))
-    distributed.stop(processes)
+    with distributed.process_group(args.device) as processes:
+        config = TrainConfig(batch_size=args.batch_size, if_grad=args.scaling_loss == "nt")
+        torch.manual_seed(0)
+        network = models.build_model(device=processes.device).train()
+        model = distributed.wrap_for_training(processes, network)
+        optimizer = build_optimizer(network, config, 0)
+        local = args.batch_size // processes.world_size
+        generator = torch.Generator().manual_seed(processes.rank)
+        images = models.normalize(torch.rand((local, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator))
+        images, mos = images.to(processes.device), (100 * torch.rand(local, generator=generator)).to(processes.device)
+        sync = torch.cuda.synchronize if processes.device.type == "cuda" else (lambda: None)
+        for _ in range(args.warmup):
+            train_step(model, optimizer, images, mos, config)
+        sync()
+        distributed.wait_for_all(processes)
+        started = time.perf_counter()
+        for _ in range(args.repeats):
+            train_step(model, optimizer, images, mos, config)
+        sync()
+        distributed.wait_for_all(processes)
+        if processes.is_main:
+            print(json.dumps({"seconds_per_step": (time.perf_counter() - started) / args.repeats}))
 
 
 def measure_scaling(args: argparse.Namespace) -> str:

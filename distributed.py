@@ -12,10 +12,11 @@ processes stop instead of waiting.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -79,6 +80,22 @@ def stop(processes: Processes) -> None:
     """Leave the process group (nothing for a single process)."""
     if processes.launched and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_name: str | None = None) -> Iterator[Processes]:
+    """`with process_group(args.device) as processes:` `start`, then `stop` at the end. A run that ends
+    normally first waits for every process, so that none closes its connections while another still
+    reads from them (gloo aborts a process that loses a peer in the middle of an exchange); a run that
+    fails leaves at once, as a peer may be waiting in another exchange."""
+    processes = start(device_name)
+    try:
+        yield processes
+    except BaseException:
+        stop(processes)
+        raise
+    wait_for_all(processes)
+    stop(processes)
 
 
 def main_first(processes: Processes, build: Callable[[], T]) -> T:

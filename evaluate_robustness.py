@@ -201,11 +201,8 @@ def format_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    processes = distributed.start(args.device)
-    try:
+    with distributed.process_group(args.device) as processes:
         evaluate(args, processes)
-    finally:
-        distributed.stop(processes)
 
 
 def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None:

@@ -119,11 +119,8 @@ def main(args: argparse.Namespace) -> None:
     root = args.dataset_path or (SYNTHETIC_ROOT if args.dataset == "synthetic" else None)
     if root is None:
         raise ValueError(f"--dataset_path is required: the {args.dataset} folder, holding {folders.LAYOUTS[args.dataset]}")
-    processes = distributed.start(args.device)
-    try:
+    with distributed.process_group(args.device) as processes:
         run(args, config, root, processes)
-    finally:
-        distributed.stop(processes)
 
 
 def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: distributed.Processes) -> None:

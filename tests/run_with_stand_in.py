@@ -59,23 +59,22 @@ def gradients_of_each_step(out: str, batch_size: int, dataset_csv: str, counts: 
     from data_loader import make_train_loader
     from train_config import TrainConfig
 
-    processes = distributed.start("cpu")
-    samples = folders.list_samples("csv", dataset_csv)
-    config = TrainConfig(dataset="csv", batch_size=batch_size, if_grad=True, weight=0.5, train_patch_num=1)
-    network = StandInScoreModel().double().eval()  # eval: each score depends on its own patch only
-    model = distributed.wrap_for_training(processes, network)
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
-    steps = []
-    for count in counts:
-        loader = make_train_loader(samples[:count], "csv", 1, batch_size, rank=processes.rank,
-                                   world_size=processes.world_size)
-        for step, (images, mos, index) in enumerate(loader.batches(0)):
-            share = HyperIQASolver.loss_share(index, loader.global_batch_length(step), processes.world_size)
-            HyperIQASolver.train_step(model, optimizer, images.double(), mos.double(), config, share)
-            steps.append([p.grad.clone() for p in network.parameters()])
-    if processes.is_main:
-        torch.save(steps, out)
-    distributed.stop(processes)
+    with distributed.process_group("cpu") as processes:
+        samples = folders.list_samples("csv", dataset_csv)
+        config = TrainConfig(dataset="csv", batch_size=batch_size, if_grad=True, weight=0.5, train_patch_num=1)
+        network = StandInScoreModel().double().eval()  # eval: each score depends on its own patch only
+        model = distributed.wrap_for_training(processes, network)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+        steps = []
+        for count in counts:
+            loader = make_train_loader(samples[:count], "csv", 1, batch_size, rank=processes.rank,
+                                       world_size=processes.world_size)
+            for step, (images, mos, index) in enumerate(loader.batches(0)):
+                share = HyperIQASolver.loss_share(index, loader.global_batch_length(step), processes.world_size)
+                HyperIQASolver.train_step(model, optimizer, images.double(), mos.double(), config, share)
+                steps.append([p.grad.clone() for p in network.parameters()])
+        if processes.is_main:
+            torch.save(steps, out)
 
 
 if __name__ == "__main__":
