@@ -2,7 +2,8 @@
 rounds that train_test_IQA_sparsity.py runs, with best-checkpoint saving, a resumable state and
 Ctrl-C handling.
 
-`train_step` and `predict_images` are plain functions over a model, an optimizer and a loader;
+`train_step` and `predict_images` are plain functions over a model, an optimizer and a loader (with
+`--adv_train`, the step first swaps a share of the batch for adversarial patches: adversarial_training.py);
 `HyperIQASolver` runs the epochs of one round around them and keeps its position in a `RunState`,
 which is saved and restored whole; `train_and_test` runs the rounds.
 """
@@ -24,11 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import metrics
+from adversarial_training import adversarial_batch
 from data_loader import DEFAULT_CACHE_GIB, PatchLoader, make_test_loader, make_train_loader
 from folders import Sample
 from models import ScoreModel, build_model, save_checkpoint
 from nt_regularizer import nt_loss
-from seeding import seed_everything
+from seeding import ADVERSARIAL_TRAINING, seed_everything, seeded_generator
 from splits import split_samples
 from train_config import RunFiles, TrainConfig
 
@@ -151,9 +153,18 @@ def table_row(epoch: int, loss: float, train_srcc: float, test_srcc: float, test
 # The step and the test
 
 
-def training_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor,
-                  config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, clean scores (B,)) of a batch: L1, plus weight x the NT penalty with `config.if_grad`."""
+def training_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor, config: TrainConfig,
+                  generator: torch.Generator | None = None,
+                  crafting_model: ScoreModel | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, scores (B,)) of a batch: L1, plus weight x the NT penalty with `config.if_grad`.
+
+    With `config.adv_train`, a share of the batch is first replaced by adversarial patches and their
+    labels (adversarial_training.adversarial_batch), crafted against `crafting_model` (default
+    `model`; under DistributedDataParallel, the wrapped module) with PGD's start drawn from
+    `generator`; the loss and the returned scores are then those of the mixed batch.
+    """
+    if config.adv_train != "none":
+        images, mos, _, _ = adversarial_batch(crafting_model or model, images, mos, config, generator)
     if config.if_grad:
         loss = nt_loss(model, images, mos, config.weight, config.h, config.nt_mode)
         return loss.total, loss.scores
@@ -162,14 +173,17 @@ def training_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor,
 
 
 def train_step(model: ScoreModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, mos: torch.Tensor,
-               config: TrainConfig) -> tuple[float, torch.Tensor]:
-    """One optimizer step on a batch: images (B, 3, 224, 224) normalized, mos (B,).
+               config: TrainConfig, generator: torch.Generator | None = None,
+               crafting_model: ScoreModel | None = None) -> tuple[float, torch.Tensor]:
+    """One optimizer step on a batch: images (B, 3, 224, 224) normalized, mos (B,); `generator` and
+    `crafting_model` serve adversarial training (see `training_loss`).
 
-    Returns (loss value, detached clean scores (B,) on the CPU). Raises NonFiniteLoss, before
-    anything is updated, when the loss is not a finite number.
+    Returns (loss value, detached scores (B,) on the CPU: of the clean batch, or under adversarial
+    training of the mixed batch). Raises NonFiniteLoss, before anything is updated, when the loss is
+    not a finite number.
     """
     optimizer.zero_grad()
-    loss, scores = training_loss(model, images, mos, config)
+    loss, scores = training_loss(model, images, mos, config, generator, crafting_model)
     value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLoss(value)
@@ -292,7 +306,8 @@ class HyperIQASolver:
         started, first_step = time.perf_counter(), state.step
         for images, mos, _ in self.loaders.train.batches(epoch, start_batch=state.step):
             try:
-                loss, scores = train_step(self.model, self.optimizer, images, mos, self.config)
+                loss, scores = train_step(self.model, self.optimizer, images, mos, self.config,
+                                          self.adversarial_generator(epoch, state.step))
             except NonFiniteLoss as exc:
                 raise TrainingDiverged(f"{exc} at {self._where(epoch, state.step + 1)}; stopped ({self._kept()}); "
                                        "try a lower --lr") from None
@@ -324,6 +339,13 @@ class HyperIQASolver:
         self.save_state()
         if self.stop.requested:
             self._stop(epoch + 1)
+
+    def adversarial_generator(self, epoch: int, step: int) -> torch.Generator | None:
+        """The random stream of the attack made at `step` (0-based) of `epoch` under adversarial
+        training, keyed by (round, epoch, step): a resumed run draws what the uninterrupted one drew."""
+        if self.config.adv_train == "none":
+            return None
+        return seeded_generator(self.config.seed, ADVERSARIAL_TRAINING, self.state.round_index, epoch, step)
 
     def _kept(self) -> str:
         if self.state.best is None:
@@ -362,7 +384,8 @@ class HyperIQASolver:
 
 def load_training_state(path: str | os.PathLike, config: TrainConfig) -> dict:
     """Read a resumable state (tensors and plain data only: weights_only=True) and check that it was
-    written by a run with the same settings as `config` (only `epochs` may differ)."""
+    written by a run with the same settings as `config` (only `epochs` may differ; a setting the
+    state does not name, being older, had its default value)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no resumable state at {path}: it is written to --checkpoint_dir after each epoch "
@@ -376,11 +399,11 @@ def load_training_state(path: str | os.PathLike, config: TrainConfig) -> dict:
     if not isinstance(progress, Mapping) or progress.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a resumable training state of this version "
                          "(a best-model checkpoint, or a state of an older version, cannot be resumed)")
-    saved, current = dict(state["config"]), asdict(config)
-    differ = [k for k in current if k != "epochs" and saved.get(k) != current[k]]
+    saved, current, defaults = dict(state["config"]), asdict(config), asdict(TrainConfig())
+    differ = [k for k in current if k != "epochs" and saved.get(k, defaults[k]) != current[k]]
     if differ:
         raise ValueError(f"{path} was saved with different settings: " + ", ".join(
-            f"--{k} {saved.get(k)} (now {current[k]})" for k in differ) + "; rerun with the same settings")
+            f"--{k} {saved.get(k, defaults[k])} (now {current[k]})" for k in differ) + "; rerun with the same settings")
     return state
 
 
