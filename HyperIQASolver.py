@@ -2,7 +2,8 @@
 train_test_IQA_sparsity.py runs, with best-checkpoint saving, a resumable state, Ctrl-C handling and
 several processes (torchrun); the optimizer and its schedules are in schedule.py.
 
-`train_step` and `predict_images` are plain functions over a model, an optimizer and a loader;
+`train_step` and `predict_images` are plain functions over a model, an optimizer and a loader (with
+`--adv_train`, the step first swaps a share of the batch for adversarial patches: adversarial_training.py);
 `HyperIQASolver` runs the epochs of one round around them and keeps its position in a `RunState`,
 which is saved and restored whole; `train_and_test` runs the rounds.
 """
@@ -24,13 +25,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import metrics
+from adversarial_training import adversarial_batch
 from data_loader import DEFAULT_CACHE_GIB, PatchLoader, make_test_loader, make_train_loader
 from distributed import Processes, all_concatenated, all_sum, share_buffers_of_rank_zero, wrap_for_training
 from folders import Sample
 from models import ScoreModel, build_model, save_checkpoint
 from nt_regularizer import nt_loss
 from schedule import advance_schedule, build_optimizer
-from seeding import seed_everything
+from seeding import ADVERSARIAL_TRAINING, seed_everything, seeded_generator
 from splits import split_samples
 from train_config import RunFiles, TrainConfig
 
@@ -100,9 +102,26 @@ def table_row(epoch: int, loss: float, train_srcc: float, test_srcc: float, test
 # The step and the test
 
 
-def training_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor,
-                  config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, clean scores (B,)) of a batch: L1, plus weight x the NT penalty with `config.if_grad`."""
+class Crafting(NamedTuple):
+    """How a step under adversarial training crafts its adversarial patches: against `model` (the plain
+    network, also when the step runs it in DistributedDataParallel), PGD's starts drawn from `generator`."""
+
+    model: ScoreModel
+    generator: torch.Generator | None
+
+
+def training_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor, config: TrainConfig,
+                  crafting: Crafting | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, scores (B,)) of a batch: L1, plus weight x the NT penalty with `config.if_grad`.
+
+    With `config.adv_train`, a share of the batch is first replaced by adversarial patches and their
+    labels (adversarial_training.adversarial_batch), made as `crafting` says (default: against
+    `model`, PGD's start from the global generator); the loss and the returned scores are then those
+    of the mixed batch.
+    """
+    if config.adv_train != "none":
+        crafting = crafting or Crafting(model, None)
+        images, mos, _, _ = adversarial_batch(crafting.model, images, mos, config, crafting.generator)
     if config.if_grad:
         loss = nt_loss(model, images, mos, config.weight, config.h, config.nt_mode)
         return loss.total, loss.scores
@@ -111,17 +130,19 @@ def training_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor,
 
 
 def train_step(model: ScoreModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, mos: torch.Tensor,
-               config: TrainConfig, loss_scale: float = 1.0,
-               agree: Callable[[float], float] | None = None) -> tuple[float, torch.Tensor]:
+               config: TrainConfig, loss_scale: float = 1.0, agree: Callable[[float], float] | None = None,
+               crafting: Crafting | None = None) -> tuple[float, torch.Tensor]:
     """One optimizer step on a batch: images (B, 3, 224, 224) normalized, mos (B,).
 
     loss_scale: a factor on the loss (a process's share of a global batch, see HyperIQASolver);
     agree: maps this process's loss value to the one all processes agree on (their mean), called
-    before anything is updated. Returns (that loss value, detached clean scores (B,) on the CPU).
-    Raises NonFiniteLoss, before anything is updated, when the loss is not a finite number.
+    before anything is updated; crafting: how adversarial patches are made (see `training_loss`).
+    Returns (that loss value, detached scores (B,) on the CPU: of the clean batch, or under
+    adversarial training of the mixed batch). Raises NonFiniteLoss, before anything is updated, when
+    the loss is not a finite number.
     """
     optimizer.zero_grad()
-    loss, scores = training_loss(model, images, mos, config)
+    loss, scores = training_loss(model, images, mos, config, crafting)
     if loss_scale != 1.0:
         loss = loss * loss_scale
     value = loss.item() if agree is None else agree(loss.item())
@@ -284,7 +305,8 @@ class HyperIQASolver:
             real = (index >= 0).cpu()
             share = loss_share(index, self.loaders.train.global_batch_length(state.step), world)
             try:
-                loss, scores = train_step(self.model, self.optimizer, images, mos, self.config, share, self._agree)
+                loss, scores = train_step(self.model, self.optimizer, images, mos, self.config, share, self._agree,
+                                          self.crafting(epoch, state.step))
             except NonFiniteLoss as exc:
                 raise TrainingDiverged(f"{exc} at {self._where(epoch, state.step + 1)}; stopped ({self._kept()}); "
                                        "try a lower --lr") from None
@@ -320,6 +342,15 @@ class HyperIQASolver:
         self.save_state()
         if self.stop.requested:
             self._stop(epoch + 1)
+
+    def crafting(self, epoch: int, step: int) -> Crafting | None:
+        """How the step `step` (0-based) of `epoch` crafts its adversarial patches under adversarial
+        training: against the plain network, with the random stream keyed by (round, epoch, step,
+        rank), so a resumed run draws what the uninterrupted one drew and each process its own."""
+        if self.config.adv_train == "none":
+            return None
+        return Crafting(self.network, seeded_generator(self.config.seed, ADVERSARIAL_TRAINING, self.state.round_index,
+                                                       epoch, step, self.processes.rank))
 
     def _kept(self) -> str:
         if self.state.best is None:
@@ -364,7 +395,8 @@ class HyperIQASolver:
 
 def load_training_state(path: str | os.PathLike, config: TrainConfig) -> dict:
     """Read a resumable state (tensors and plain data only: weights_only=True) and check that it was
-    written by a run with the same settings as `config` (only `epochs` may differ)."""
+    written by a run with the same settings as `config` (only `epochs` may differ; a setting the
+    state does not name, being older, had its default value)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no resumable state at {path}: it is written to --checkpoint_dir after each epoch "
@@ -378,11 +410,11 @@ def load_training_state(path: str | os.PathLike, config: TrainConfig) -> dict:
     if not isinstance(progress, Mapping) or progress.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a resumable training state of this version "
                          "(a best-model checkpoint, or a state of an older version, cannot be resumed)")
-    saved, current = dict(state["config"]), asdict(config)
-    differ = [k for k in current if k != "epochs" and saved.get(k) != current[k]]
+    saved, current, defaults = dict(state["config"]), asdict(config), asdict(TrainConfig())
+    differ = [k for k in current if k != "epochs" and saved.get(k, defaults[k]) != current[k]]
     if differ:
         raise ValueError(f"{path} was saved with different settings: " + ", ".join(
-            f"--{k} {saved.get(k)} (now {current[k]})" for k in differ) + "; rerun with the same settings")
+            f"--{k} {saved.get(k, defaults[k])} (now {current[k]})" for k in differ) + "; rerun with the same settings")
     return state
 
 

@@ -13,12 +13,13 @@ in released_reference.py). Both get the same inputs on the same device:
 | training step, NT | the same, `nt_loss`: one clean forward serves the L1 loss and the penalty | NCHW, three forward passes (`released_three_pass_nt_loss`) |
 | NT, same setup | the same | three passes with our model placement: the gain of the shared forward alone |
 | training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
+| training step, AT fgsm / pgd | the same, with `--adv_train fgsm` (pgd: 10 steps), half the batch adversarial | OUR baseline step (and, for fgsm, our NT step): AT has no released counterpart, the ratio is its cost over ours |
 | scoring, gradient norms, I-FGSM on the 25 patches of an image | `attacks`, batched in chunks (`--chunk_size`, default by device) | one patch at a time |
 | square attack, 20 queries on the 25 patches of an image (no released counterpart) | `attacks.square`, batched in chunks | the same function, one patch at a time (`chunk_size=1`) |
 | data loading, first epoch | a new `data_loader.make_train_loader`: image headers read, each image decoded once and kept, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
 | data loading, later epochs | the same loader's next epochs: the decoded images are held in memory, none is decoded again | the same as its first epoch |
 
-Time: the median of `--repeats` timed runs (`--long_repeats` for the 10-step attack and the square
+Time: the median of `--repeats` timed runs (`--long_repeats` for the 10-step jobs and the square
 attack) after `--warmup` runs; ours and released alternate run by run, so load from other programs
 hits both alike. Patches per second = patches of a run / median time (for the square attack: patch
 queries, queries x patches); ratio = ours' median time / released median time (below
@@ -54,7 +55,7 @@ import distributed
 import models
 from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from folders import Sample
-from HyperIQASolver import train_step
+from HyperIQASolver import Crafting, train_step
 from images import load_image
 from measurement import SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib, table
 from released_reference import (RELEASED_PATCH_NUM, ReleasedPatchDataset, released_gradient_norms,
@@ -136,15 +137,17 @@ class Workbench:
     def samples(self) -> list[Sample]:
         return write_livec_like_folder(self.workdir / "livec_like", self.args.images)
 
-    def solver_step(self, if_grad: bool, nt_mode: str = "finite_difference") -> Call:
-        """Our training step (`HyperIQASolver.train_step`) on a fresh model and optimizer built as
-        training builds them."""
+    def solver_step(self, **settings) -> Call:
+        """Our training step (`HyperIQASolver.train_step`) under the TrainConfig `settings` (e.g.
+        if_grad=True, adv_train='fgsm') on a fresh model and optimizer built as training builds them."""
         torch.manual_seed(0)
-        config = TrainConfig(batch_size=self.args.batch_size, if_grad=if_grad, nt_mode=nt_mode)
+        config = TrainConfig(batch_size=self.args.batch_size, **settings)
         model = models.build_model(device=self.device).train()
         optimizer = build_optimizer(model, config, 0)
         images, mos = self.batch
-        return lambda: train_step(model, optimizer, images, mos, config)
+        generator = torch.Generator()  # PGD's random start under adversarial training
+        return lambda: train_step(model, optimizer, images, mos, config,
+                                  crafting=Crafting(model, generator.manual_seed(0)))
 
     def released_step(self, nt: bool, our_setup: bool = False) -> Call:
         """The released training step on a fresh model: NCHW and default Adam, or with `our_setup` our
@@ -227,13 +230,20 @@ def _released(run: Callable[[torch.nn.Module, torch.Tensor], object]) -> Callabl
 
 JOBS = (
     Job("train_baseline", "training step, baseline (L1)", _per_batch,
-        lambda b: b.solver_step(False), lambda b: b.released_step(False)),
+        lambda b: b.solver_step(), lambda b: b.released_step(False)),
     Job("train_nt", "training step, NT (vs released 3 passes)", _per_batch,
-        lambda b: b.solver_step(True), lambda b: b.released_step(True)),
+        lambda b: b.solver_step(if_grad=True), lambda b: b.released_step(True)),
     Job("train_nt_same_setup", "  NT vs 3 passes in our setup", _per_batch,
-        lambda b: b.solver_step(True), lambda b: b.released_step(True, our_setup=True)),
+        lambda b: b.solver_step(if_grad=True), lambda b: b.released_step(True, our_setup=True)),
     Job("train_nt_exact", "training step, NT exact (vs released NT)", _per_batch,
-        lambda b: b.solver_step(True, "exact"), lambda b: b.released_step(True)),
+        lambda b: b.solver_step(if_grad=True, nt_mode="exact"), lambda b: b.released_step(True)),
+    # Adversarial training has no released counterpart: its steps are timed against our own baseline and NT steps.
+    Job("train_at_fgsm", "training step, AT fgsm (vs our baseline step)", _per_batch,
+        lambda b: b.solver_step(adv_train="fgsm"), lambda b: b.solver_step()),
+    Job("train_at_fgsm_vs_nt", "  AT fgsm vs our NT step", _per_batch,
+        lambda b: b.solver_step(adv_train="fgsm"), lambda b: b.solver_step(if_grad=True)),
+    Job("train_at_pgd", "training step, AT pgd 10 steps (vs our baseline step)", _per_batch,
+        lambda b: b.solver_step(adv_train="pgd"), lambda b: b.solver_step(), long=True),
     Job("score", "scoring, 25 patches", _per_image,
         _ours(lambda b, m, x: attacks.score_patches(m, x, b.args.chunk_size)),
         _released(released_scores)),
@@ -256,7 +266,9 @@ JOBS = (
 )
 JOB_KEYS = tuple(job.key for job in JOBS)
 # (job, side) -> the (job, side) that runs the very same code: one memory measurement serves both.
-SAME_RUN = {("train_nt_same_setup", "ours"): ("train_nt", "ours"), ("train_nt_exact", "released"): ("train_nt", "released")}
+SAME_RUN = {("train_nt_same_setup", "ours"): ("train_nt", "ours"), ("train_nt_exact", "released"): ("train_nt", "released"),
+            ("train_at_fgsm", "released"): ("train_baseline", "ours"), ("train_at_fgsm_vs_nt", "ours"): ("train_at_fgsm", "ours"),
+            ("train_at_fgsm_vs_nt", "released"): ("train_nt", "ours"), ("train_at_pgd", "released"): ("train_baseline", "ours")}
 
 
 def job_list(text: str) -> list[str]:
@@ -329,8 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="patches per training step and per loader batch")
     parser.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs per job (the median is reported)")
     parser.add_argument("--long_repeats", type=cli.positive_int, default=1,
-                        help="timed runs of the 10-step attack (warmed up by the 1-step attack) and of the "
-                             "square attack (warmed up by scoring)")
+                        help="timed runs of the 10-step jobs (the attack, warmed up by the 1-step attack, and "
+                             "the PGD adversarial-training step) and of the square attack (warmed up by scoring)")
     parser.add_argument("--warmup", type=cli.nonnegative_int, default=1, help="untimed runs per job and side first")
     parser.add_argument("--images", type=cli.positive_int, default=40,
                         help="500x500 JPEGs in the loading epoch (x 25 patches each)")

@@ -52,6 +52,14 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """A number in (0, 1]: a share, or a bound in [0, 1] pixel units."""
+    value = _parse(text, float, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
+    return value
+
+
 def _parse(text: str, kind: type, what: str):
     try:
         value = kind(text)

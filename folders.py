@@ -37,6 +37,8 @@ SCORE_RANGES = {
     "csv": (0.0, 100.0),
     "synthetic": (0.0, 100.0),
 }
+# The data sets whose label is a DMOS: a higher label means a WORSE image. (Elsewhere higher is better.)
+HIGHER_IS_WORSE = frozenset({"live", "csiq"})
 
 # What `root` must hold, quoted in every "not found" message.
 LAYOUTS = {

@@ -53,6 +53,14 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """The inverse of `normalize`: ImageNet-normalized images (B, 3, H, W) -> pixels (B, 3, H, W),
+    in [0, 1] up to float rounding (round to the 256 levels to recover 8-bit patches exactly)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).to(images).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).to(images).view(1, 3, 1, 1)
+    return images * std + mean
+
+
 def select_device(name: str | None = None) -> torch.device:
     """The device to run on: `name` ('cpu', 'cuda', 'cuda:1', ...) or, if None/'auto', CUDA when present."""
     if name is None or name == "auto":
@@ -384,12 +392,29 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or does not fit the model."""
 
 
-def checkpoint_name(dataset: str, batch_size: int, if_grad: bool, weight: float = 0.0, h: float = 0.01) -> str:
-    """The released checkpoint file name: baseline `{dataset}_bs{bs}_grad[0]_weight[0.0].pth`,
-    NT `{dataset}_bs{bs}_grad[1]_weight[{weight}]_h[{h}].pth` (the name the released demos load)."""
-    if not if_grad:
-        return f"{dataset}_bs{batch_size}_grad[0]_weight[0.0].pth"
-    return f"{dataset}_bs{batch_size}_grad[1]_weight[{float(weight)}]_h[{float(h)}].pth"
+ADVERSARIAL_EPS_DECIMALS = 4  # eps in a checkpoint name: 4/255 -> 0.0157
+
+
+def checkpoint_name(dataset: str, batch_size: int, if_grad: bool, weight: float = 0.0, h: float = 0.01,
+                    adv_train: str = "none", adv_eps: float | None = None, adv_steps: int | None = None) -> str:
+    """The checkpoint file name of a training run: the one function that builds these names.
+
+    Released names: baseline `{dataset}_bs{bs}_grad[0]_weight[0.0].pth`, NT
+    `{dataset}_bs{bs}_grad[1]_weight[{weight}]_h[{h}].pth` (the name the released demos load).
+    Adversarial training adds its attack and eps (pixel units, 4 decimals) before `.pth`:
+    `_adv[fgsm-0.0157]`, or with PGD its number of steps, `_adv[pgd10-0.0157]`; e.g. AT with NT:
+    `livec_bs16_grad[1]_weight[0.001]_h[0.01]_adv[pgd10-0.0157].pth`.
+    """
+    name = f"{dataset}_bs{batch_size}_grad[0]_weight[0.0]"
+    if if_grad:
+        name = f"{dataset}_bs{batch_size}_grad[1]_weight[{float(weight)}]_h[{float(h)}]"
+    if adv_train == "none":
+        return name + ".pth"
+    if adv_train not in ("fgsm", "pgd") or adv_eps is None or (adv_train == "pgd" and adv_steps is None):
+        raise ValueError(f"an adversarial-training name needs fgsm and eps, or pgd, eps and steps; got "
+                         f"{adv_train!r}, eps {adv_eps}, steps {adv_steps}")
+    attack = "fgsm" if adv_train == "fgsm" else f"pgd{adv_steps}"
+    return name + f"_adv[{attack}-{adv_eps:.{ADVERSARIAL_EPS_DECIMALS}f}].pth"
 
 
 def read_checkpoint_state(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -7,11 +7,19 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
+from attacks import attack_settings
 from models import checkpoint_name
 from nt_regularizer import DEFAULT_NT_H, DEFAULT_NT_WEIGHT, NT_MODES
 from seeding import DEFAULT_SEED
 
 SCHEDULES = ("released", "corrected")
+# Adversarial training (see adversarial_training.py)
+ADV_TRAIN_METHODS = ("none", "fgsm", "pgd")  # 'none': no adversarial patches
+ADV_DIRECTIONS = ("away", "up")  # away from the middle of the score range (as evaluated), or raise the quality
+ADV_LABELS = ("ssim", "keep")  # the label of an adversarial patch: lowered by its SSIM damage, or the MOS
+DEFAULT_ADV_EPS = 4 / 255  # l_inf radius in [0, 1] pixel units
+DEFAULT_ADV_LAMBDA = 1.0  # weight of the SSIM label correction: 1 - SSIM times the whole score range
+DEFAULT_ADV_RATIO = 0.5  # share of adversarial patches in a batch
 RESUME_SUFFIX = ".resume.pth"
 LOG_SUFFIX = ".log"
 
@@ -48,6 +56,14 @@ class TrainConfig:
     schedule: str = "released"  # or 'corrected', see HyperIQASolver.build_optimizer
     sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch (CUDA)
     seed: int = DEFAULT_SEED
+    adv_train: str = "none"  # adversarial training: 'none', 'fgsm' or 'pgd'
+    adv_eps: float = DEFAULT_ADV_EPS  # l_inf radius of the training attacks, [0, 1] pixel units
+    adv_steps: int | None = None  # pgd only; None: attacks.PGD_STEPS
+    adv_alpha: float | None = None  # pgd only, pixel units; None: attacks.PGD_STEP_FRACTION * eps / steps
+    adv_direction: str = "away"  # or 'up' (raise the predicted quality)
+    adv_label: str = "ssim"  # or 'keep'
+    adv_lambda: float = DEFAULT_ADV_LAMBDA
+    adv_ratio: float = DEFAULT_ADV_RATIO  # in (0, 1]
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -60,6 +76,33 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and self.lr_ratio > 0 and self.h > 0 and self.weight >= 0 and self.weight_decay >= 0):
             raise ValueError("lr, lr_ratio and h must be > 0; weight and weight_decay must be >= 0")
+        self._check_adversarial_training()
+
+    def _check_adversarial_training(self) -> None:
+        for name, value, valid in (("adv_train", self.adv_train, ADV_TRAIN_METHODS),
+                                   ("adv_direction", self.adv_direction, ADV_DIRECTIONS),
+                                   ("adv_label", self.adv_label, ADV_LABELS)):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        if not 0 < self.adv_eps <= 1:
+            raise ValueError(f"adv_eps must be in (0, 1] (pixel units), got {self.adv_eps}")
+        if not 0 < self.adv_ratio <= 1:
+            raise ValueError(f"adv_ratio must be in (0, 1], got {self.adv_ratio}")
+        if not self.adv_lambda >= 0:
+            raise ValueError(f"adv_lambda must be >= 0, got {self.adv_lambda}")
+        if self.adv_train != "pgd" and (self.adv_steps is not None or self.adv_alpha is not None):
+            raise ValueError(f"adv_steps and adv_alpha apply to --adv_train pgd only (adv_train is {self.adv_train!r})")
+        if self.adv_steps is not None and self.adv_steps < 1:
+            raise ValueError(f"adv_steps must be >= 1, got {self.adv_steps}")
+        if self.adv_alpha is not None and not self.adv_alpha > 0:
+            raise ValueError(f"adv_alpha must be > 0, got {self.adv_alpha}")
+
+    def adversarial_attack(self) -> tuple[float, int]:
+        """(step size in pixel units, steps) of the training attack: fgsm, one step of adv_eps; pgd,
+        adv_alpha and adv_steps where given, else the defaults of attacks.attack_settings."""
+        if self.adv_train == "none":
+            raise ValueError("no adversarial training in this config (adv_train is 'none')")
+        return attack_settings(self.adv_train, self.adv_eps, self.adv_alpha, self.adv_steps)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
@@ -67,8 +110,11 @@ class TrainConfig:
         return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
 
     def checkpoint_name(self) -> str:
-        """The file name of the run's best checkpoint (the released names, see models.checkpoint_name)."""
-        return checkpoint_name(self.dataset, self.batch_size, self.if_grad, self.weight, self.h)
+        """The file name of the run's best checkpoint (the released names, and the defense, see
+        models.checkpoint_name)."""
+        steps = self.adversarial_attack()[1] if self.adv_train != "none" else None
+        return checkpoint_name(self.dataset, self.batch_size, self.if_grad, self.weight, self.h,
+                               self.adv_train, self.adv_eps, steps)
 
     def run_files(self, checkpoint_dir: str | os.PathLike) -> RunFiles:
         """The files of the run in `checkpoint_dir`, named after its best checkpoint."""

@@ -1,7 +1,9 @@
-"""Train and test HyperIQA, with or without NT (gradient norm regularization), as in the paper's release.
+"""Train and test HyperIQA, with or without NT (gradient norm regularization), as in the paper's release,
+or with adversarial training (AT), alone or with NT.
 
     python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/
     python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/ --if_grad
+    python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/ --adv_train fgsm
 
 Prints the released per-epoch table (Epoch, Train_Loss, Train_SRCC, Test_SRCC, Test_PLCC), the best
 SROCC/PLCC of each round and the median over rounds, and appends the same lines to a log file.
@@ -19,12 +21,14 @@ import numpy as np
 
 import distributed
 import folders
-from cli import CHECKPOINT_DIR, add_device_argument, nonnegative_float, nonnegative_int, positive_float, positive_int, run_main
+from attacks import PGD_STEP_FRACTION, PGD_STEPS
+from cli import (CHECKPOINT_DIR, add_device_argument, fraction, nonnegative_float, nonnegative_int, positive_float,
+                 positive_int, run_main)
 from data_loader import DEFAULT_CACHE_GIB, DEFAULT_NUM_WORKERS
 from HyperIQASolver import train_and_test
 from models import PATCH_SIZE
 from nt_regularizer import NT_MODES
-from train_config import SCHEDULES, TrainConfig
+from train_config import ADV_DIRECTIONS, ADV_LABELS, ADV_TRAIN_METHODS, SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
 SYNTHETIC_ROOT = "data/synthetic"  # where --dataset synthetic is built when no --dataset_path is given
@@ -101,10 +105,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     nt.add_argument("--nt_mode", choices=NT_MODES, default=DEFAULTS.nt_mode,
                     help="'finite_difference' (the paper's) or 'exact' (double backpropagation)")
 
+    adv = parser.add_argument_group("adversarial training (AT); combines with NT (--if_grad)")
+    adv.add_argument("--adv_train", choices=ADV_TRAIN_METHODS, default=DEFAULTS.adv_train,
+                     help="each step, replace a share of the batch by adversarial versions made against the current "
+                          "model: 'fgsm' (one step of eps) or 'pgd' (random start, several steps); 'none': no AT")
+    adv.add_argument("--adv_eps", type=fraction, default=DEFAULTS.adv_eps,
+                     help="l_inf radius of the training attack, in [0, 1] pixel units (4/255 = 0.0157)")
+    adv.add_argument("--adv_steps", type=positive_int, default=None,
+                     help=f"pgd only: number of steps (when not given: {PGD_STEPS})")
+    adv.add_argument("--adv_alpha", type=positive_float, default=None,
+                     help=f"pgd only: step size in pixel units (when not given: {PGD_STEP_FRACTION} * eps / steps)")
+    adv.add_argument("--adv_direction", choices=ADV_DIRECTIONS, default=DEFAULTS.adv_direction,
+                     help="'away': as the evaluation attacks, push a score above the middle of the score range down "
+                          "and the others up; 'up': raise the predicted quality of every patch")
+    adv.add_argument("--adv_label", choices=ADV_LABELS, default=DEFAULTS.adv_label,
+                     help="label of an adversarial patch: 'ssim', mos - adv_lambda * (1 - SSIM(clean, adversarial)) "
+                          "* (score range), clamped to the range; 'keep', the MOS")
+    adv.add_argument("--adv_lambda", type=nonnegative_float, default=DEFAULTS.adv_lambda,
+                     help="weight of the SSIM label correction")
+    adv.add_argument("--adv_ratio", type=fraction, default=DEFAULTS.adv_ratio,
+                     help="share of the patches of each batch made adversarial, in (0, 1]")
+
     out = parser.add_argument_group("output")
     out.add_argument("--checkpoint_dir", default=CHECKPOINT_DIR,
                      help="where the best checkpoint ({dataset}_bs{batch_size}_grad[...]...pth, the name the demos "
-                          "load) and the resumable state (*.resume.pth) are written")
+                          "load; with AT ending _adv[fgsm-0.0157].pth or _adv[pgd10-0.0157].pth) and the resumable "
+                          "state (*.resume.pth) are written")
     out.add_argument("--log_file", default=None,
                      help="file the printed results are appended to (default: the checkpoint's name with .log, "
                           "in --checkpoint_dir; '' for none)")
@@ -149,6 +175,11 @@ def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: dis
         log("Dataset: %s, Batch Size: %i, If Grad: %s, Weight: %e, Schedule: %s, Images: %d, Device: %s."
             % (config.dataset, config.batch_size, config.if_grad, config.weight, config.schedule, len(samples),
                processes.device))
+        if config.adv_train != "none":
+            alpha, steps = config.adversarial_attack()
+            log("Adversarial training: %s, eps %.4f, %d step(s) of %.4f, direction %s, label %s (lambda %g), "
+                "share %g" % (config.adv_train, config.adv_eps, steps, alpha, config.adv_direction, config.adv_label,
+                              config.adv_lambda, config.adv_ratio))
         results = train_and_test(config, samples, processes, args.checkpoint_dir, split_file=args.split_file,
                                  pretrained=not args.no_pretrained, backbone_weights=args.backbone_weights,
                                  num_workers=args.num_workers, cache_gib=args.cache_gib, resume=resume, log=log)
