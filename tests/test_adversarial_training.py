@@ -188,7 +188,7 @@ def test_an_at_step_follows_its_loss_and_lowers_the_loss_on_its_adversarial_exam
 def solver(config: TrainConfig, split, folder, stop: StopRequest | None = None) -> HyperIQASolver:
     """A solver of round 0 of `split` training a fresh stand-in, writing its files in `folder`."""
     folder.mkdir(exist_ok=True)
-    loaders = round_loaders(config, *split, round_index=0, device="cpu")
+    loaders = round_loaders(config, *split, round_index=0)
     files = RunFiles(folder / "best.pth", folder / "state.pth", folder / "log")
     return HyperIQASolver(config, StandInScoreModel(), loaders, files, stop=stop, log=lambda line: None)
 
