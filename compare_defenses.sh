@@ -4,11 +4,12 @@
 # one evaluation.
 #
 #   1. trains HyperIQA from scratch four times: baseline, NT (--if_grad), AT fgsm, AT pgd;
-#   2. evaluates the four checkpoints on the test split with evaluate_robustness.py (fgsm, ifgsm
-#      and pgd at eps 4/255 and 8/255), then the baseline behind JPEG re-compression.
+#   2. evaluates the four checkpoints on 8 images of the test split with evaluate_robustness.py (fgsm,
+#      ifgsm, pgd, mifgsm and the gradient-free square attack at eps 1, 2, 4 and 8 /255, with the
+#      integral robustness scores), then the baseline behind JPEG re-compression.
 #
-# Writes results/at_comparison/ (checkpoints/, train_*.log, robustness/, robustness_jpeg/). One run
-# took 77 minutes on 2 CPU cores shared with other jobs. Run from anywhere: bash compare_defenses.sh
+# Writes results/at_comparison/ (checkpoints/, train_*.log, robustness/, robustness_jpeg/). Run from
+# anywhere: bash compare_defenses.sh
 # Environment: PY (the Python with requirements.txt installed, default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,8 +24,10 @@ TRAIN_PATCHES=2
 TEST_PATCHES=2
 BATCH_SIZE=8
 NT_WEIGHT=0.01  # 10x the paper's, as in the quick start: three short epochs need the stronger penalty
-EVAL_EPS="0.0156863 0.0313725"  # 4/255 and 8/255, pixel units (AT trains at its default 4/255)
-EVAL_PATCHES=2  # patches per test image, as in training
+EVAL_EPS="0.0039216 0.0078431 0.0156863 0.0313725"  # 1, 2, 4 and 8 /255, pixel units (AT trains at 4/255)
+EVAL_IMAGES=8  # test images (of 17), to keep the square attack's queries affordable on 2 CPU cores
+EVAL_PATCHES=1  # patches per test image
+SQUARE_QUERIES=100  # score queries per image of the square attack
 JPEG_QUALITY=75
 
 step() { printf '\n=== [%s, %ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*"; }
@@ -57,7 +60,8 @@ evaluate() {  # evaluate <out dir> <checkpoints...> [-- extra flags]
     shift
     # shellcheck disable=SC2086
     "$PY" evaluate_robustness.py --dataset synthetic --dataset_path data/synthetic --seed "$SEED" \
-        --patch_num "$EVAL_PATCHES" --attack fgsm ifgsm pgd --eps $EVAL_EPS --out_dir "$out" --checkpoint "$@"
+        --limit "$EVAL_IMAGES" --patch_num "$EVAL_PATCHES" --attack fgsm ifgsm pgd mifgsm square \
+        --eps $EVAL_EPS --queries "$SQUARE_QUERIES" --out_dir "$out" --checkpoint "$@"
 }
 step "Robustness of the four models"
 evaluate "$OUT/robustness" "$BASELINE" "$NT" "$AT_FGSM" "$AT_PGD"

@@ -8,7 +8,8 @@
 `train ARGS...` / `evaluate ARGS...`: train_test_IQA_sparsity.py's / evaluate_robustness.py's main on
 ARGS, through cli.run_main as the scripts run it, with the stand-in model in place of HyperIQA (for
 evaluate, every --checkpoint loads as the stand-in). HARNESS_FAIL_RANK and HARNESS_FAIL_FORWARD make
-that rank's stand-in raise a ValueError at that training forward (a failing process).
+that rank's stand-in raise a ValueError at that training forward (a failing process);
+HARNESS_FORWARD_SECONDS makes every training forward last that long (time to interrupt a run).
 
 `gradients OUT.pt BATCH CSV COUNT...`: for the first COUNT images of the CSV data set, one NT training
 step on each global batch of BATCH entries through the solver's functions (each process's share,
@@ -17,6 +18,7 @@ mode; rank 0 saves the averaged parameter gradients of every step.
 """
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,23 +36,21 @@ from tests.stand_in import StandInScoreModel  # noqa: E402
 torch.set_num_threads(1)
 
 
-class FailingStandIn(StandInScoreModel):
-    """The stand-in, raising at its `fail_at`-th training forward in this process."""
+class HarnessStandIn(StandInScoreModel):
+    """The stand-in, doing in its training forwards what the environment asks of this process."""
 
-    def __init__(self, fail_at: int):
+    def __init__(self):
         super().__init__()
-        self.fail_at = fail_at
+        failing = os.environ.get("HARNESS_FAIL_RANK") == os.environ.get("RANK", "0")
+        self.fail_at = int(os.environ["HARNESS_FAIL_FORWARD"]) if failing else 0
+        self.seconds = float(os.environ.get("HARNESS_FORWARD_SECONDS", "0"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.training_forwards + 1 == self.fail_at:
             raise ValueError(f"simulated failure at training forward {self.fail_at}")
+        if self.training:
+            time.sleep(self.seconds)
         return super().forward(x)
-
-
-def stand_in(**kwargs) -> torch.nn.Module:
-    if os.environ.get("HARNESS_FAIL_RANK") == os.environ.get("RANK", "0"):
-        return FailingStandIn(int(os.environ["HARNESS_FAIL_FORWARD"]))
-    return StandInScoreModel()
 
 
 def gradients_of_each_step(out: str, batch_size: int, dataset_csv: str, counts: list[int]) -> None:
@@ -86,6 +86,6 @@ if __name__ == "__main__":
         sys.argv = ["evaluate_robustness.py", *rest]
         cli.run_main(evaluate_robustness.main, evaluate_robustness.parse_args(rest))
     else:
-        HyperIQASolver.build_model = lambda **kwargs: stand_in()
+        HyperIQASolver.build_model = lambda **kwargs: HarnessStandIn()
         sys.argv = ["train_test_IQA_sparsity.py", *rest]
         cli.run_main(train_test_IQA_sparsity.main, train_test_IQA_sparsity.parse_args(rest))

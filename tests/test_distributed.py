@@ -1,7 +1,6 @@
 """Several processes: torchrun started by the tests themselves, 2 processes with gloo on the CPU, on tiny
 fake data sets, with the stand-in model in place of HyperIQA (tests/run_with_stand_in.py)."""
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import folders
 import HyperIQASolver
 import models
 from tests import fake_datasets
+from tests.interrupt import interrupt_when
 from tests.stand_in import StandInScoreModel
 from train_config import TrainConfig
 
@@ -83,21 +83,14 @@ def test_two_processes_print_one_table_and_resume_after_ctrl_c_to_the_same_check
     models.load_checkpoint(StandInScoreModel(), tmp_path / "whole" / NAME)  # strict: plain keys, no 'module.'
 
     # Ctrl-C to torchrun in epoch 2: one resumable state, every process stops
-    process = subprocess.Popen([*TORCHRUN, HARNESS, *map(str, common), "--checkpoint_dir", str(tmp_path / "cut")],
-                               cwd=MAIN, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if "epoch 2, step 1/4" in line:
-            process.send_signal(signal.SIGINT)
-            break
-    _, rest = process.communicate(timeout=TIMEOUT)
-    stderr = "".join(seen) + rest
-    assert process.returncode != 0
+    slow = environment(HARNESS_FORWARD_SECONDS="0.2")  # Ctrl-C lands in epoch 2, step 2
+    status, stderr = interrupt_when([*TORCHRUN, HARNESS, *common, "--checkpoint_dir", tmp_path / "cut"],
+                                    "epoch 2, step 1/4", MAIN, slow, TIMEOUT)
+    assert status != 0
     assert "resumable state saved" in stderr and stderr.count("train_test_IQA_sparsity.py: interrupted") == 2
     state = tmp_path / "cut" / NAME.replace(".pth", ".resume.pth")
     progress = torch.load(state, weights_only=True)["progress"]
-    assert progress["epoch"] == 1 and progress["step"] >= 1
+    assert (progress["epoch"], progress["step"]) == (1, 2)  # stopped at the end of the step in progress
     assert len(progress["epoch_scores"]) == 2 * progress["step"] * 2  # both processes' records, on rank 0
 
     resumed = torchrun(*common, "--checkpoint_dir", tmp_path / "cut", "--resume")

@@ -4,7 +4,7 @@ End-to-end cases run train_test_IQA_sparsity.py as a user would (a subprocess in
 tiny fake data sets: 240x240 images, one patch per image, batch size 2, --no_pretrained.
 """
 import dataclasses
-import signal
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +20,7 @@ from schedule import build_optimizer, hyper_network_lr, parameter_groups
 from nt_regularizer import nt_loss
 from splits import split_samples
 from tests import fake_datasets
+from tests.interrupt import interrupt_when
 from tests.stand_in import StandInScoreModel
 from train_config import RunFiles, TrainConfig
 
@@ -148,29 +149,30 @@ def test_released_schedule_freezes_the_hyper_network_after_epoch_one(three_image
 
 
 def test_ctrl_c_saves_a_state_and_resume_gives_the_uninterrupted_results(tmp_path):
-    fake_datasets.make_csv(tmp_path / "data", count=5)  # 4 training images: 2 steps per epoch
-    common = ["--dataset", "csv", "--dataset_path", tmp_path / "data", "--epochs", "2", *TINY_RUN]
-    whole = run_script(*common, "--checkpoint_dir", tmp_path / "whole")
+    # the training script with the stand-in model (tests/run_with_stand_in.py): HyperIQA is not the point
+    fake_datasets.make_csv(tmp_path / "data", count=5)  # 4 training images x 2 patches: 4 steps per epoch
+    script = [sys.executable, MAIN / "tests" / "run_with_stand_in.py", "train"]
+    common = ["--dataset", "csv", "--dataset_path", tmp_path / "data", "--epochs", "2", *TINY_RUN,
+              "--train_patch_num", "2"]
+
+    def run(*args) -> subprocess.CompletedProcess:
+        return subprocess.run(list(map(str, [*script, *common, *args])), cwd=MAIN, capture_output=True, text=True,
+                              timeout=300)
+
+    whole = run("--checkpoint_dir", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
-
-    command = [sys.executable, "train_test_IQA_sparsity.py", *map(str, common), "--checkpoint_dir", str(tmp_path / "cut")]
-    process = subprocess.Popen(command, cwd=MAIN, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if "step 1/2" in line:
-            process.send_signal(signal.SIGINT)
-            break
-    _, rest = process.communicate(timeout=300)
-    stderr = "".join(seen) + rest
-    assert process.returncode == 130, stderr
+    slow = {**os.environ, "HARNESS_FORWARD_SECONDS": "0.3"}  # Ctrl-C lands in step 2's forward
+    status, stderr = interrupt_when([*script, *common, "--checkpoint_dir", tmp_path / "cut"], "step 1/4", MAIN, slow)
+    assert status == 130, stderr
     assert "resumable state saved" in stderr and "Traceback" not in stderr
+    name = models.checkpoint_name("csv", 2, False).replace(".pth", ".resume.pth")
+    progress = torch.load(tmp_path / "cut" / name, weights_only=True)["progress"]
+    assert (progress["epoch"], progress["step"]) == (0, 2)  # stopped at the end of the step in progress
 
-    resumed = run_script(*common, "--checkpoint_dir", tmp_path / "cut", "--resume")
+    resumed = run("--checkpoint_dir", tmp_path / "cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     assert results_table(resumed.stdout) == results_table(whole.stdout)
-    name = models.checkpoint_name("csv", 2, False).replace(".pth", ".resume.pth")
     final = [torch.load(tmp_path / run / name, map_location="cpu", weights_only=True)["model"] for run in ("whole", "cut")]
     assert all(torch.equal(final[0][key], final[1][key]) for key in final[0])
 
