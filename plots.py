@@ -68,12 +68,12 @@ def plot_robustness_curves(path: Path | str, curves: Sequence[Curve]) -> Path:
     colors = _colors([curve.attack for curve in curves])
     models = dict.fromkeys(curve.model for curve in curves)
     styles = {model: LINE_STYLES[index % len(LINE_STYLES)] for index, model in enumerate(models)}
-    figure = _figure(10.0, 4.0 + 0.2 * len(curves) / max(1, len(models)))  # room for the legend below
+    model_columns = min(2, len(models))  # checkpoint names are long: two to a row fit the width
+    figure = _figure(10.0, 4.0 + 0.25 * -(-len(models) // model_columns))  # room for the models' legend below
     srocc_axes, change_axes = figure.subplots(1, 2)
     for curve in curves:
         eps = PIXELS_PER_EPS_UNIT * np.concatenate([[0.0], np.asarray(curve.eps, dtype=np.float64)])
-        style = dict(color=colors[curve.attack], linestyle=styles[curve.model], marker="o", markersize=3,
-                     label=f"{curve.model}: {curve.attack}")
+        style = dict(color=colors[curve.attack], linestyle=styles[curve.model], marker="o", markersize=3)
         srocc_axes.plot(eps, np.concatenate([[1.0], curve.srocc]), **style)
         change_axes.plot(eps, np.concatenate([[0.0], curve.mean_abs_change]), **style)
     lowest = np.nanmin([np.nanmin(np.asarray(curve.srocc, dtype=np.float64), initial=1.0) for curve in curves])
@@ -82,8 +82,12 @@ def plot_robustness_curves(path: Path | str, curves: Sequence[Curve]) -> Path:
     change_axes.set(xlabel="eps (1/255)", ylabel="mean |attacked - clean| (score units)", title="Score change")
     for axes in (srocc_axes, change_axes):
         axes.grid(alpha=0.3)
-    figure.legend(*srocc_axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(models),
-                  fontsize="small")
+    # Two short legends instead of one entry per model x attack: colour names the attack, style the model.
+    from matplotlib.lines import Line2D
+    change_axes.legend([Line2D([], [], color=color, marker="o", markersize=3) for color in colors.values()],
+                       list(colors), title="attack", fontsize="small", loc="best")
+    figure.legend([Line2D([], [], color="black", linestyle=style) for style in styles.values()], list(styles),
+                  loc="outside lower center", ncols=model_columns, fontsize="small")
     return _save(figure, path)
 
 
