@@ -27,6 +27,7 @@ resumed in the middle of an epoch sees exactly the batches it would have seen.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import sys
@@ -98,6 +99,19 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """Raise ValueError unless the global training batch can be dealt evenly to `world_size` processes."""
+    if batch_size % world_size:
+        raise ValueError(f"--batch_size {batch_size} is the batch over all {world_size} processes and must be "
+                         f"divisible by their number; use a multiple of {world_size}")
+
+
+def _window_count(count: int, window_images: int) -> int:
+    """How many nearly equal shuffling windows `count` images are cut into, for windows of at most
+    `window_images`."""
+    return math.ceil(count / window_images)
+
+
 class PatchLoader:
     """Batches of patches, one epoch at a time: `for images, mos, index in loader.batches(epoch)`.
 
@@ -116,9 +130,8 @@ class PatchLoader:
                  world_size: int = 1):
         if batch_size < 1 or patch_num < 1:
             raise ValueError(f"batch_size and patch_num must be >= 1, got {batch_size} and {patch_num}")
-        if train and batch_size % world_size:
-            raise ValueError(f"--batch_size {batch_size} is the batch over all {world_size} processes and must be "
-                             f"divisible by their number; use a multiple of {world_size}")
+        if train:
+            check_global_batch(batch_size, world_size)
         if not cache_gib >= 0:
             raise ValueError(f"the image cache budget must be >= 0 GiB, got {cache_gib}")
         self.samples, self.dataset, self.patch_num, self.batch_size = list(samples), dataset, patch_num, batch_size
@@ -128,6 +141,9 @@ class PatchLoader:
         self.images = DecodedImages(self.samples, dataset, decode, self.describe)
         self.sizes = [self._size(index) for index in range(len(self.samples))]  # (height, width)
         self.decoded_bytes = sum(3 * height * width for height, width in self.sizes)
+        # where each kept image starts in `_slab`, in bytes
+        self._offsets = list(itertools.accumulate((3 * height * width for height, width in self.sizes[:-1]),
+                                                  initial=0))
         self.window_images, self.keep_decoded = self._windowing(cache_gib * GIB)
         self._cache: dict[int, torch.Tensor] = {}  # decoded images kept across epochs, views of `_slab`
         self._slab: torch.Tensor | None = None  # one buffer for all kept images (no heap fragmentation)
@@ -163,7 +179,7 @@ class PatchLoader:
         window = min(count, max(MIN_WINDOW_IMAGES, int(budget_bytes // per_image)))
         print(f"the {count} training images need {self.decoded_bytes / GIB:.2f} GiB decoded, more than the "
               f"image cache's {budget_bytes / GIB:.2f} GiB (--cache_gib): each epoch, patches are shuffled "
-              f"within windows of about {round(count / math.ceil(count / window))} images instead of across "
+              f"within windows of about {round(count / _window_count(count, window))} images instead of across "
               f"the whole set, and each image is decoded once per epoch", file=sys.stderr, flush=True)
         return window, False
 
@@ -186,7 +202,7 @@ class PatchLoader:
             return [[index] for index in range(count)]
         order = torch.randperm(count, generator=seeding.seeded_generator(
             self.seed, seeding.TRAIN_ORDER, self.round_index, epoch)).tolist()
-        parts = math.ceil(count / self.window_images)
+        parts = _window_count(count, self.window_images)
         bounds = [round(k * count / parts) for k in range(parts + 1)]  # nearly equal windows
         return [order[bounds[k]:bounds[k + 1]] for k in range(parts)]
 
@@ -222,7 +238,8 @@ class PatchLoader:
         batches = [stream[k:k + self.batch_size] for k in range(0, len(stream), self.batch_size)]
         placeholders = [False] * len(batches)
         if self.train and self.world_size > 1:
-            batches, placeholders = map(list, zip(*(share_of(batch, self.rank, self.world_size) for batch in batches)))
+            shares = [share_of(batch, self.rank, self.world_size) for batch in batches]
+            batches, placeholders = [share for share, _ in shares], [placeholder for _, placeholder in shares]
         last_batch = {index: number for number, batch in enumerate(batches) for index, _ in batch}
         first_use = list(dict.fromkeys(index for batch in batches for index, _ in batch))
         decoded = self._decoded([index for index in first_use if index not in self._cache])
@@ -234,6 +251,7 @@ class PatchLoader:
                     item = next(decoded)
                     if item.error:
                         raise ImageError(item.error)
+                    self._check_size(item)  # the crop boxes come from the header's size
                     held[item.index] = self._kept(item) if self.keep_decoded else item.pixels
                 if index not in boxes:
                     boxes[index] = self.crop_boxes(index, epoch)
@@ -249,23 +267,24 @@ class PatchLoader:
         (measured: 1.1-1.4 GiB held for LIVEC's 0.65 GiB of images without it)."""
         if self._slab is None:
             self._slab = torch.empty(self.decoded_bytes, dtype=torch.uint8)
-            self._offsets = [0]
-            for height, width in self.sizes[:-1]:
-                self._offsets.append(self._offsets[-1] + 3 * height * width)
         height, width = self.sizes[item.index]
-        if tuple(item.pixels.shape) != (3, height, width):
-            raise ImageError(f"{self.describe(item.index)}: decoded as {item.pixels.shape[2]}x{item.pixels.shape[1]} "
-                             f"pixels, but its header says {width}x{height}")
         start = self._offsets[item.index]
         place = self._slab[start:start + 3 * height * width].view(height, width, 3)
         place.copy_(item.pixels.permute(1, 2, 0))
         return place.permute(2, 0, 1)
+
+    def _check_size(self, item: DecodedImage) -> None:
+        height, width = self.sizes[item.index]
+        if tuple(item.pixels.shape) != (3, height, width):
+            raise ImageError(f"{self.describe(item.index)}: decoded as {item.pixels.shape[2]}x{item.pixels.shape[1]} "
+                             f"pixels, but its header says {width}x{height}")
 
     def patches_of(self, index: int, epoch: int = 0) -> torch.Tensor:
         """uint8 patches (patch_num, 3, S, S) of image `index` in `epoch`: those its batches carry."""
         item = self.images[index]
         if item.error:
             raise ImageError(item.error)
+        self._check_size(item)
         return torch.stack([cut_patch(item.pixels, box, self.patch_size) for box in self.crop_boxes(index, epoch)])
 
     def _decoded(self, indices: list[int]) -> Iterator[DecodedImage]:

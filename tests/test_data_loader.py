@@ -167,6 +167,29 @@ def test_resuming_inside_an_epoch_gives_the_remaining_batches(four_images, windo
         assert len(needed) == 2  # the first window of two images was consumed entirely
 
 
+def test_a_process_resumed_after_the_last_batch_of_an_epoch_gets_no_batch(four_images):
+    for rank in range(2):  # a stop on the epoch's last step saves start_batch == len(loader)
+        loader = data_loader.make_train_loader(four_images, "csv", patch_num=3, batch_size=2, seed=1, rank=rank,
+                                               world_size=2)
+        assert all_batches(loader, epoch=1, start_batch=len(loader)) == []
+        assert len(all_batches(loader, epoch=1, start_batch=len(loader) - 1)) == 1
+
+
+@pytest.mark.parametrize("cache_gib", [2.0, 0.0])  # decoded images kept, or decoded each epoch
+def test_an_image_decoded_at_another_size_than_its_header_is_named(four_images, cache_gib):
+    def enlarging(path):
+        image = load_image(path)
+        return image.resize((image.width + 7, image.height + 5))
+
+    loader = data_loader.make_train_loader(four_images, "csv", patch_num=3, batch_size=2, seed=1, decode=enlarging,
+                                           cache_gib=cache_gib)
+    with pytest.raises(ImageError, match=r"image \d of the csv training set: decoded as \d+x\d+ pixels, but its "
+                                         r"header says \d+x\d+"):
+        all_batches(loader)
+    with pytest.raises(ImageError, match="but its header says"):
+        loader.patches_of(0)
+
+
 def test_koniq_and_bid_are_resized_as_released():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
     for dataset, size in (("koniq-10k", (512, 384)), ("bid", (512, 512))):
