@@ -277,6 +277,10 @@ class HyperIQASolver:
         self._stop_agreed = bool(values[1] > 0)
         return values[0].item() / self.processes.world_size
 
+    def _agreed_stop(self) -> bool:
+        """Whether any process was asked to stop (the same answer on every process)."""
+        return bool(all_sum(self.processes, torch.tensor([float(self.stop.requested)], dtype=torch.float64))[0] > 0)
+
     def _gather_records(self) -> None:
         """Rank 0 takes the training scores and MOS of every process (for Train_SRCC and the state)."""
         state = self.state
@@ -302,7 +306,8 @@ class HyperIQASolver:
         report_every = max(1, steps // 10)
         started, first_step = time.perf_counter(), state.step
         for images, mos, index in self.loaders.train.batches(epoch, start_batch=state.step):
-            real = (index >= 0).cpu()
+            index = index.cpu()
+            real = index >= 0  # placeholders (index -1) of a process left without an entry carry no score
             share = loss_share(index, self.loaders.train.global_batch_length(state.step), world)
             try:
                 loss, scores = train_step(self.model, self.optimizer, images, mos, self.config, share, self._agree,
@@ -319,7 +324,8 @@ class HyperIQASolver:
                 seconds = (time.perf_counter() - started) / (state.step - first_step)
                 print(f"{self._where(epoch, state.step)}/{steps}: loss {np.mean(state.epoch_losses):.3f}, "
                       f"{seconds:.2f} s/step", file=sys.stderr, flush=True)
-            if self._stop_agreed:
+            # Alone, stop as soon as asked; with others, at the step where all agreed (see _agree).
+            if self._stop_agreed or (world == 1 and self.stop.requested):
                 self._stop(epoch)
         self._gather_records()
         train_srcc = correlations(np.array(state.epoch_scores), np.array(state.epoch_mos))[0]
@@ -340,7 +346,7 @@ class HyperIQASolver:
         self.optimizer = advance_schedule(self.optimizer, self.network, self.config, epoch + 1)
         state.next_epoch()
         self.save_state()
-        if self.stop.requested:
+        if self._agreed_stop():  # every process must take the same way: the next epoch, or _stop's save
             self._stop(epoch + 1)
 
     def crafting(self, epoch: int, step: int) -> Crafting | None:

@@ -151,14 +151,13 @@ def wrap_for_training(processes: Processes, network: nn.Module, sync_batchnorm: 
     them after each backward), else `network` itself. BatchNorm uses each process's own batch
     statistics, as a single process of the released code did with its batch; with `sync_batchnorm`,
     statistics over the whole global batch (SyncBatchNorm, CUDA only)."""
-    if processes.world_size == 1 and not sync_batchnorm:
+    if sync_batchnorm and processes.device.type != "cuda":
+        raise ValueError("--sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
+    if processes.world_size == 1:  # nothing to average, and no other process's statistics
         return network
     if sync_batchnorm:
-        if processes.device.type != "cuda":
-            raise ValueError("--sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
+        # converted in place (the root is no BatchNorm), so the caller's `network` is the converted one
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-    if processes.world_size == 1:
-        return network
     device_ids = [processes.device.index] if processes.device.type == "cuda" else None
     # Buffers are not synchronized at every forward: each process keeps its running statistics and
     # share_buffers_of_rank_zero aligns them before a test or a save (the keyword's name depends on

@@ -24,7 +24,7 @@ import folders
 from attacks import PGD_STEP_FRACTION, PGD_STEPS
 from cli import (CHECKPOINT_DIR, add_device_argument, fraction, nonnegative_float, nonnegative_int, positive_float,
                  positive_int, run_main)
-from data_loader import DEFAULT_CACHE_GIB, DEFAULT_NUM_WORKERS
+from data_loader import DEFAULT_CACHE_GIB, DEFAULT_NUM_WORKERS, check_global_batch
 from HyperIQASolver import train_and_test
 from models import PATCH_SIZE
 from nt_regularizer import NT_MODES
@@ -151,9 +151,7 @@ def main(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: distributed.Processes) -> None:
     """The training run of this process; rank 0 alone prints the table and writes the log."""
-    if config.batch_size % processes.world_size:
-        raise ValueError(f"--batch_size {config.batch_size} is the batch over all {processes.world_size} processes "
-                         f"and must be divisible by their number")
+    check_global_batch(config.batch_size, processes.world_size)  # before any work
     samples = distributed.main_first(processes, lambda: folders.list_samples(args.dataset, root, args.seed))
     files = config.run_files(args.checkpoint_dir)
     resume = None if args.resume is None else (args.resume or files.state)

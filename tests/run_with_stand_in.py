@@ -10,6 +10,8 @@ ARGS, through cli.run_main as the scripts run it, with the stand-in model in pla
 evaluate, every --checkpoint loads as the stand-in). HARNESS_FAIL_RANK and HARNESS_FAIL_FORWARD make
 that rank's stand-in raise a ValueError at that training forward (a failing process);
 HARNESS_FORWARD_SECONDS makes every training forward last that long (time to interrupt a run).
+HARNESS_STOP_RANK and HARNESS_STOP_AFTER_EPOCH ask that rank alone to stop (as a Ctrl-C reaching only
+that process would) right after it saved the state at the end of that epoch (1-based).
 
 `gradients OUT.pt BATCH CSV COUNT...`: for the first COUNT images of the CSV data set, one NT training
 step on each global batch of BATCH entries through the solver's functions (each process's share,
@@ -53,6 +55,21 @@ class HarnessStandIn(StandInScoreModel):
         return super().forward(x)
 
 
+def ask_to_stop_after_an_epoch() -> None:
+    """On the rank HARNESS_STOP_RANK names, request a stop right after the end-of-epoch save of epoch
+    HARNESS_STOP_AFTER_EPOCH: the moment when the other processes may already be in the next epoch."""
+    if os.environ.get("HARNESS_STOP_RANK") != os.environ.get("RANK", "0"):
+        return
+    epoch, save_state = int(os.environ["HARNESS_STOP_AFTER_EPOCH"]), HyperIQASolver.HyperIQASolver.save_state
+
+    def save_then_ask_to_stop(solver) -> None:
+        save_state(solver)
+        if solver.state.epoch == epoch and solver.state.step == 0:
+            solver.stop.requested = True
+
+    HyperIQASolver.HyperIQASolver.save_state = save_then_ask_to_stop
+
+
 def gradients_of_each_step(out: str, batch_size: int, dataset_csv: str, counts: list[int]) -> None:
     """The averaged parameter gradients of one NT step on each global batch of each loader."""
     import folders
@@ -87,5 +104,6 @@ if __name__ == "__main__":
         cli.run_main(evaluate_robustness.main, evaluate_robustness.parse_args(rest))
     else:
         HyperIQASolver.build_model = lambda **kwargs: HarnessStandIn()
+        ask_to_stop_after_an_epoch()
         sys.argv = ["train_test_IQA_sparsity.py", *rest]
         cli.run_main(train_test_IQA_sparsity.main, train_test_IQA_sparsity.parse_args(rest))

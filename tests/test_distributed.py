@@ -101,6 +101,17 @@ def test_two_processes_print_one_table_and_resume_after_ctrl_c_to_the_same_check
     assert all(torch.equal(final[0][key], final[1][key]) for key in final[0])
 
 
+def test_a_stop_seen_by_one_process_at_the_end_of_an_epoch_stops_every_process_there(livec, tmp_path):
+    env = environment(HARNESS_STOP_RANK="1", HARNESS_STOP_AFTER_EPOCH="1")  # rank 0 never sees it
+    run = torchrun("train", "--dataset", "livec", "--dataset_path", livec, "--epochs", "3", *TINY,
+                   "--checkpoint_dir", tmp_path / "ck", env=env)
+    assert run.returncode != 0
+    assert run.stderr.count("train_test_IQA_sparsity.py: interrupted") == 2, run.stderr[-4000:]
+    assert "stopped at the start of epoch 2; resumable state saved" in run.stderr
+    progress = torch.load(tmp_path / "ck" / NAME.replace(".pth", ".resume.pth"), weights_only=True)["progress"]
+    assert (progress["epoch"], progress["step"]) == (1, 0)
+
+
 def test_a_failing_process_ends_the_run_with_its_message_and_the_last_checkpoint_stays(livec, tmp_path):
     # NT: 2 training forwards per step, 4 steps per epoch: forward 9 is epoch 2's first
     env = environment(HARNESS_FAIL_RANK="1", HARNESS_FAIL_FORWARD="9")
