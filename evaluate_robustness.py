@@ -162,32 +162,28 @@ def table_row(mos: np.ndarray, clean: np.ndarray, attacked: np.ndarray, grad_nor
     return row
 
 
-def attack_sweeps(settings: list[tuple[str, float, float, int]]) -> dict[str, list[int]]:
-    """attack -> the indices into `settings` (attack, eps, step size, steps) of its eps, by increasing eps."""
-    sweeps: dict[str, list[int]] = {}
-    for index, (attack, *_) in enumerate(settings):
-        sweeps.setdefault(attack, []).append(index)
-    return {attack: sorted(indices, key=lambda a: settings[a][1]) for attack, indices in sweeps.items()}
+def sweeps(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The table's rows (see table_row) per (model, attack), each list by increasing eps."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["model"], row["attack"]), []).append(row)
+    return {key: sorted(group, key=lambda row: row["eps"]) for key, group in grouped.items()}
 
 
-def summary_rows(names: list[str], settings: list[tuple[str, float, float, int]], clean: np.ndarray,
-                 attacked: np.ndarray, norms: np.ndarray, score_range: tuple[float, float]) -> list[dict]:
-    """One row (see SUMMARY_COLUMNS) per checkpoint x attack, over that attack's eps of the run:
-    integral robustness (metrics.integral_robustness) of SROCC(clean, attacked) and of
-    metrics.score_stability, and the MAE and SROCC at the largest eps. clean, norms: (checkpoints,
-    images); attacked: (checkpoints, settings, images)."""
-    rows = []
-    for k, name in enumerate(names):
-        for attack, indices in attack_sweeps(settings).items():
-            eps = [settings[a][1] for a in indices]
-            srocc = [_metric_or_nan(metrics.srocc, clean[k], attacked[k, a]) for a in indices]
-            stability = [metrics.score_stability(clean[k], attacked[k, a], *score_range) for a in indices]
-            rows.append(dict(model=name, attack=attack, eps_max=eps[-1], eps_count=len(eps), images=clean.shape[1],
-                             grad_norm=float(norms[k].mean()),
-                             mae_at_eps_max=metrics.mae(clean[k], attacked[k, indices[-1]]),
-                             srocc_at_eps_max=srocc[-1], integral_srocc=metrics.integral_robustness(eps, srocc),
-                             integral_stability=metrics.integral_robustness(eps, stability)))
-    return rows
+def summary_rows(rows: list[dict], score_range: tuple[float, float]) -> list[dict]:
+    """One row (see SUMMARY_COLUMNS) per checkpoint x attack of the table's rows, over that attack's
+    eps of the run: integral robustness (metrics.integral_robustness) of SROCC(clean, attacked) and
+    of metrics.score_stability, and the MAE and SROCC at the largest eps."""
+    summary = []
+    for (model, attack), sweep in sweeps(rows).items():
+        eps, largest = [row["eps"] for row in sweep], sweep[-1]
+        stability = [metrics.score_stability(row["mae"], *score_range) for row in sweep]
+        summary.append(dict(model=model, attack=attack, eps_max=eps[-1], eps_count=len(eps), images=largest["images"],
+                            grad_norm=largest["grad_norm"], mae_at_eps_max=largest["mae"],
+                            srocc_at_eps_max=largest["srocc"],
+                            integral_srocc=metrics.integral_robustness(eps, [row["srocc"] for row in sweep]),
+                            integral_stability=metrics.integral_robustness(eps, stability)))
+    return summary
 
 
 def format_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
@@ -272,7 +268,7 @@ def report(args: argparse.Namespace, samples: list[folders.Sample], names: list[
         for a, (attack, eps, alpha, steps) in enumerate(settings):
             rows.append(table_row(mos, clean[k], attacked[k, a], float(norms[k].mean()), (low, high), model=name,
                                   attack=attack, eps=eps, alpha=alpha, steps=steps, jpeg_quality=args.jpeg_quality))
-    summary = summary_rows(names, settings, clean, attacked, norms, (low, high))
+    summary = summary_rows(rows, (low, high))
     print(format_table(rows))
     print(f"\nIntegral robustness over eps {' '.join(f'{eps:g}' for eps in sorted(args.eps))} "
           "(1: the attack moved nothing; see metrics.integral_robustness):")
@@ -280,20 +276,21 @@ def report(args: argparse.Namespace, samples: list[folders.Sample], names: list[
     out_dir = Path(args.out_dir)
     save_results(out_dir, args, rows, summary, samples, names, settings, clean, norms, attacked, (low, high), middle)
     if not args.no_plot:
-        draw_plots(out_dir, names, settings, clean, attacked)
+        draw_plots(out_dir, rows, names, settings, clean, attacked)
 
 
-def draw_plots(out_dir: Path, names: list[str], settings: list[tuple[str, float, float, int]], clean: np.ndarray,
-               attacked: np.ndarray) -> None:
-    """robustness_vs_eps.png and score_shift.png in `out_dir` (see plots.py); the histograms are
-    those of the largest eps of each attack."""
-    curves, shifts = [], {name: {} for name in names}
-    for k, name in enumerate(names):
-        for attack, indices in attack_sweeps(settings).items():
-            curves.append(plots.Curve(name, attack, [settings[a][1] for a in indices],
-                                      [_metric_or_nan(metrics.srocc, clean[k], attacked[k, a]) for a in indices],
-                                      [metrics.mae(clean[k], attacked[k, a]) for a in indices]))
-            shifts[name][attack] = attacked[k, indices[-1]] - clean[k]
+def draw_plots(out_dir: Path, rows: list[dict], names: list[str], settings: list[tuple[str, float, float, int]],
+               clean: np.ndarray, attacked: np.ndarray) -> None:
+    """robustness_vs_eps.png (the curves of the table's rows) and score_shift.png (the per-image score
+    changes at the largest eps of each attack) in `out_dir` (see plots.py). clean: (checkpoints,
+    images); attacked: (checkpoints, settings, images)."""
+    curves = [plots.Curve(model, attack, [row["eps"] for row in sweep], [row["srocc"] for row in sweep],
+                          [row["mae"] for row in sweep]) for (model, attack), sweep in sweeps(rows).items()]
+    largest: dict[str, int] = {}  # attack -> the index into `settings` of its largest eps
+    for a, (attack, eps, *_) in enumerate(settings):
+        if attack not in largest or eps > settings[largest[attack]][1]:
+            largest[attack] = a
+    shifts = {name: {attack: attacked[k, a] - clean[k] for attack, a in largest.items()} for k, name in enumerate(names)}
     written = [plots.plot_robustness_curves(out_dir / "robustness_vs_eps.png", curves),
                plots.plot_score_shifts(out_dir / "score_shift.png", shifts, max(setting[1] for setting in settings))]
     print("Saved " + " and ".join(map(str, written)))

@@ -106,12 +106,12 @@ def robustness_r(clean: ArrayLike, attacked: ArrayLike, low: float, high: float,
     return float(np.mean(np.log10(room / change)))
 
 
-def score_stability(clean: ArrayLike, attacked: ArrayLike, low: float, high: float) -> float:
+def score_stability(mean_abs_change: float, low: float, high: float) -> float:
     """1 - mean|s' - s| / (high - low): 1 when no score moved, 0 when they moved by the whole score
-    range on average (clean `s`, attacked `s'`: per-image scores; low, high: the score range)."""
+    range on average (mean_abs_change: `mae` of clean and attacked scores; low, high: the score range)."""
     if not high > low:
         raise ValueError(f"the score range needs low < high, got low={low}, high={high}")
-    return 1.0 - mae(clean, attacked) / (high - low)
+    return 1.0 - mean_abs_change / (high - low)
 
 
 def integral_robustness(eps_grid: ArrayLike, values: ArrayLike, value_at_zero: float = 1.0) -> float:

@@ -89,5 +89,5 @@ def test_integral_robustness_is_the_normalized_trapezoid_area_from_one_at_zero()
 
 
 def test_score_stability_is_one_minus_the_mean_absolute_change_over_the_range():
-    assert metrics.score_stability([10, 50], [12, 44], 0, 100) == pytest.approx(1 - 4 / 100)
-    assert metrics.score_stability([1, 2], [1, 2], 0, 5) == 1.0
+    assert metrics.score_stability(metrics.mae([10, 50], [12, 44]), 0, 100) == pytest.approx(1 - 4 / 100)
+    assert metrics.score_stability(metrics.mae([1, 2], [1, 2]), 0, 5) == 1.0
