@@ -206,10 +206,16 @@ def pgd(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha
         if best is None:
             best, best_gain = result.adversarial, gain
         else:
-            better = gain > best_gain
-            best = torch.where(better[:, None, None, None], result.adversarial, best)
-            best_gain = torch.where(better, gain, best_gain)
+            best, best_gain = _keep_better(best, best_gain, result.adversarial, gain)
     return AttackResult(best, result.clean_scores)
+
+
+def _keep_better(best: torch.Tensor, best_gain: torch.Tensor, candidate: torch.Tensor,
+                 gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, `candidate` (B, 3, H, W) where its gain (B,) beats `best_gain`, else `best`: the
+    images and their gains."""
+    better = gain > best_gain
+    return torch.where(better[:, None, None, None], candidate, best), torch.where(better, gain, best_gain)
 
 
 def mifgsm(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float | None = None,
@@ -271,15 +277,12 @@ def square(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, qu
     rows = torch.arange(height, device=clean.device)
     columns = torch.arange(width, device=clean.device)
 
-    def scores_of(images: torch.Tensor) -> torch.Tensor:  # one query for every image: (B,)
-        return torch.cat([model(models.normalize(chunk)) for chunk in _chunks(images, chunk_size)])
-
     with _eval_mode(model), torch.no_grad():
-        clean_scores = scores_of(clean)
+        clean_scores = score_patches(model, clean, chunk_size)  # each call: one query for every image
         direction = attack_direction(clean_scores, middle)
         stripes = _random_signs((batch, channels, 1, width), generator, clean)
         best = (clean + eps * stripes).clamp(0.0, 1.0)
-        best_gain = direction * (scores_of(best) - clean_scores)
+        best_gain = direction * (score_patches(model, best, chunk_size) - clean_scores)
         for query in range(queries - 1):
             side = square_side(square_fraction(query, queries, p_init), height, width)
             top = torch.randint(0, height - side + 1, (batch, 1), generator=generator).to(clean.device)
@@ -289,10 +292,8 @@ def square(model: ScoreModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, qu
             in_columns = (columns >= left) & (columns < left + side)  # (B, W)
             window = (in_rows[:, :, None] & in_columns[:, None, :])[:, None]  # (B, 1, H, W)
             candidate = torch.where(window, (clean + eps * signs).clamp(0.0, 1.0), best)
-            gain = direction * (scores_of(candidate) - clean_scores)
-            improved = gain > best_gain
-            best = torch.where(improved[:, None, None, None], candidate, best)
-            best_gain = torch.where(improved, gain, best_gain)
+            gain = direction * (score_patches(model, candidate, chunk_size) - clean_scores)
+            best, best_gain = _keep_better(best, best_gain, candidate, gain)
     return AttackResult(best, clean_scores)
 
 
