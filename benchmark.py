@@ -38,7 +38,6 @@ import argparse
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +56,8 @@ from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from folders import Sample
 from HyperIQASolver import Crafting, train_step
 from images import load_image
-from measurement import SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib, table
+from measurement import (SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib,
+                         run_json, synchronizer, table)
 from released_reference import (RELEASED_PATCH_NUM, ReleasedPatchDataset, released_gradient_norms,
                                 released_iterative_fgsm, released_scores, released_train_step)
 from schedule import build_optimizer
@@ -297,7 +297,7 @@ def scaling_worker(args: argparse.Namespace) -> None:
         generator = torch.Generator().manual_seed(processes.rank)
         images = models.normalize(torch.rand((local, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator))
         images, mos = images.to(processes.device), (100 * torch.rand(local, generator=generator)).to(processes.device)
-        sync = torch.cuda.synchronize if processes.device.type == "cuda" else (lambda: None)
+        sync = synchronizer(processes.device)
         for _ in range(args.warmup):
             train_step(model, optimizer, images, mos, config)
         sync()
@@ -323,10 +323,7 @@ def measure_scaling(args: argparse.Namespace) -> str:
                        os.path.abspath(__file__), "--scaling_worker", "--scaling_loss", loss, "--device", args.device,
                        "--batch_size", str(args.batch_size), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
             print(f"timing {loss} training steps with {count} process(es) ...", file=sys.stderr, flush=True)
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"the {count}-process run failed: {done.stderr.strip().splitlines()[-1:]}")
-            seconds[count] = json.loads(done.stdout.strip().splitlines()[-1])["seconds_per_step"]
+            seconds[count] = run_json(command, f"the {count}-process run")["seconds_per_step"]
             speedup = seconds[1] / seconds[count]
             lines.append(f"| {loss} | {count} | {args.batch_size} | {1 / seconds[count]:.2f} | "
                          f"{args.batch_size / seconds[count]:.1f} | {speedup:.2f} | {speedup / count:.0%} |")

@@ -44,7 +44,17 @@ class Result(NamedTuple):
     decodes: dict[str, float]  # image decodes per image and epoch counted in this process, per side
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
+def run_json(command: list[str], what: str) -> dict:
+    """Run `command` and return the JSON object its last line of output prints; RuntimeError naming
+    `what` with the last line of its error output if it fails."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A call that waits for the device's queued work (CUDA), or does nothing (CPU)."""
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
@@ -69,7 +79,7 @@ def _cuda_peak_mib(call: Call) -> float:
 def measure(job: Job, bench, args: argparse.Namespace, warm_job: Job | None = None) -> Result:
     """Warm up (with `warm_job`'s runs if given), then time ours and released alternately; on CUDA,
     peak memory of each side's first run. `bench` builds the calls and counts decodes."""
-    sync = _synchronizer(bench.device)
+    sync = synchronizer(bench.device)
     calls = {"ours": job.ours(bench), "released": job.released(bench)}
     warm = calls
     if warm_job is not None:
@@ -127,10 +137,7 @@ def cpu_peaks_in_fresh_processes(script: str, keys: list[str], args: argparse.Na
                    "--num_workers", str(args.num_workers)]
         if args.chunk_size is not None:
             command += ["--chunk_size", str(args.chunk_size)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"memory probe {key}:{side} failed: {done.stderr.strip().splitlines()[-1:]}")
-        peaks[key, side] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+        peaks[key, side] = run_json(command, f"memory probe {key}:{side}")["peak_mib"]
         print(f"  memory {key} {side}: {peaks[key, side]:.0f} MiB", file=sys.stderr, flush=True)
     return {(key, side): peaks[same_run.get((key, side), (key, side))] for key in keys for side in SIDES}
 

@@ -48,17 +48,23 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     The mean and std are the float32 numbers of the released (float32) pipeline, also when the
     pixels are float64: so a float64 run sees the released inputs, as the float64 fixtures do.
     """
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).to(pixels).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).to(pixels).view(1, 3, 1, 1)
+    mean, std = _imagenet_statistics(pixels)
     return (pixels - mean) / std
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
     """The inverse of `normalize`: ImageNet-normalized images (B, 3, H, W) -> pixels (B, 3, H, W),
     in [0, 1] up to float rounding (round to the 256 levels to recover 8-bit patches exactly)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).to(images).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).to(images).view(1, 3, 1, 1)
+    mean, std = _imagenet_statistics(images)
     return images * std + mean
+
+
+def _imagenet_statistics(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std (1, 3, 1, 1), as float32 numbers (see `normalize`) in the dtype and on
+    the device of `like`."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).to(like).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).to(like).view(1, 3, 1, 1)
+    return mean, std
 
 
 def select_device(name: str | None = None) -> torch.device:
