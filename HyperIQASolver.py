@@ -1,42 +1,42 @@
-"""The solver of the released training: the training step, the test, and the rounds that
-train_test_IQA_sparsity.py runs, with best-checkpoint saving, a resumable state, Ctrl-C handling and
-several processes (torchrun); the optimizer and its schedules are in schedule.py.
+"""The solver of the released training, for every model family: the training step, the test, and the
+rounds that train_test_IQA_sparsity.py runs, with best-checkpoint saving, a resumable state, Ctrl-C
+handling and several processes (torchrun). What differs between families (views, loss, optimizer
+stages) comes from the family (families/base.py); HyperIQA's optimizer schedule is in schedule.py.
 
-`train_step` and `predict_images` are plain functions over a model, an optimizer and a loader (with
-`--adv_train`, the step first swaps a share of the batch for adversarial patches: adversarial_training.py);
-`HyperIQASolver` runs the epochs of one round around them and keeps its position in a `RunState`,
-which is saved and restored whole; `train_and_test` runs the rounds.
+`train_step` and `predict_images` are plain functions over a network, an optimizer and a loader (with
+`--adv_train`, the step first swaps a share of the batch for adversarial views: adversarial_training.py);
+`HyperIQASolver` runs the stages and epochs of one round around them and keeps its position in a
+`RunState`, which is saved and restored whole; `train_and_test` runs the rounds.
 """
 from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+import folders
 import metrics
 from adversarial_training import adversarial_batch
-from data_loader import DEFAULT_CACHE_GIB, PatchLoader, make_test_loader, make_train_loader
-from distributed import Processes, all_concatenated, all_sum, share_buffers_of_rank_zero, wrap_for_training
+from checkpoints import read_checkpoint, save_checkpoint
+from data_loader import DEFAULT_CACHE_GIB, ViewLoader, make_test_loader, make_train_loader
+from distributed import (Processes, all_concatenated, all_sum, share_buffers_of_rank_zero, share_state_of_rank_zero,
+                         wrap_for_training)
+from families.base import BuildOptions, Family, QualityModel, Stage
 from folders import Sample
-from models import ScoreModel, build_model, save_checkpoint
+from models import build_network, get_family
 from nt_regularizer import nt_loss
-from schedule import advance_schedule, build_optimizer
 from seeding import ADVERSARIAL_TRAINING, seed_everything, seeded_generator
 from splits import split_samples
 from train_config import RunFiles, TrainConfig
+from training_state import STATE_FORMAT, RunState, StopRequest, load_training_state
 
-STATE_FORMAT = 2  # version of the resumable-state payload
 SINGLE_PROCESS = Processes()
 
 
@@ -59,37 +59,6 @@ def correlations(predictions: np.ndarray, mos: np.ndarray) -> tuple[float, float
     return metrics.srocc(predictions, mos), metrics.plcc(predictions, mos)
 
 
-class StopRequest:
-    """While active (a `with` block), the first Ctrl-C (SIGINT) only sets `requested`: the training
-    loop saves a resumable state at the next step boundary and stops. A second Ctrl-C interrupts at once,
-    unless `patient`: under torchrun a process gets the terminal's SIGINT and the one torchrun forwards,
-    and torchrun itself ends processes that do not stop in time. `quiet`: say nothing (ranks > 0)."""
-
-    def __init__(self, quiet: bool = False, patient: bool = False):
-        self.requested, self.quiet, self.patient = False, quiet, patient
-        self._previous = None
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            if self.patient:
-                return
-            raise KeyboardInterrupt
-        self.requested = True
-        if not self.quiet:
-            again = "" if self.patient else " (Ctrl-C again to quit now)"
-            print(f"Ctrl-C: stopping after the current step and saving a resumable state{again}",
-                  file=sys.stderr, flush=True)
-
-
 TABLE_HEADER = "Epoch\tTrain_Loss\tTrain_SRCC\tTest_SRCC\tTest_PLCC"
 
 
@@ -103,46 +72,51 @@ def table_row(epoch: int, loss: float, train_srcc: float, test_srcc: float, test
 
 
 class Crafting(NamedTuple):
-    """How a step under adversarial training crafts its adversarial patches: against `model` (the plain
-    network, also when the step runs it in DistributedDataParallel), PGD's starts drawn from `generator`."""
+    """How a step under adversarial training crafts its adversarial views: against `model` (the quality
+    model of the plain network, also when the step runs it in DistributedDataParallel), PGD's starts
+    drawn from `generator`."""
 
-    model: ScoreModel
+    model: QualityModel
     generator: torch.Generator | None
 
 
-def training_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor, config: TrainConfig,
+def training_loss(model: nn.Module, family: Family, pixels: torch.Tensor, mos: torch.Tensor, config: TrainConfig,
                   crafting: Crafting | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, scores (B,)) of a batch: L1, plus weight x the NT penalty with `config.if_grad`.
+    """(loss, scores (B,)) of a batch of pixels (B, 3, h, w) in [0, 1]: the family's released loss, plus
+    weight x the NT penalty (in the family's input space) with `config.if_grad`. `model` is the
+    family's network (or its DistributedDataParallel wrapper).
 
-    With `config.adv_train`, a share of the batch is first replaced by adversarial patches and their
+    With `config.adv_train`, a share of the batch is first replaced by adversarial views and their
     labels (adversarial_training.adversarial_batch), made as `crafting` says (default: against
     `model`, PGD's start from the global generator); the loss and the returned scores are then those
     of the mixed batch.
     """
     if config.adv_train != "none":
-        crafting = crafting or Crafting(model, None)
-        images, mos, _, _ = adversarial_batch(crafting.model, images, mos, config, crafting.generator)
+        crafting = crafting or Crafting(family.quality_model(model), None)
+        score_range = folders.score_range(config.dataset, family.score_range)
+        pixels, mos, _, _ = adversarial_batch(crafting.model, pixels, mos, config, score_range, crafting.generator)
+    inputs = family.normalization(pixels)
     if config.if_grad:
-        loss = nt_loss(model, images, mos, config.weight, config.h, config.nt_mode)
+        loss = nt_loss(model, inputs, mos, config.weight, config.h, config.nt_mode, family.released_loss)
         return loss.total, loss.scores
-    scores = model(images)
-    return F.l1_loss(scores, mos), scores
+    return family.released_loss(model, inputs, mos)
 
 
-def train_step(model: ScoreModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, mos: torch.Tensor,
-               config: TrainConfig, loss_scale: float = 1.0, agree: Callable[[float], float] | None = None,
+def train_step(model: nn.Module, family: Family, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
+               mos: torch.Tensor, config: TrainConfig, loss_scale: float = 1.0,
+               agree: Callable[[float], float] | None = None,
                crafting: Crafting | None = None) -> tuple[float, torch.Tensor]:
-    """One optimizer step on a batch: images (B, 3, 224, 224) normalized, mos (B,).
+    """One optimizer step on a batch: pixels (B, 3, h, w) in [0, 1] (the family's training views), mos (B,).
 
     loss_scale: a factor on the loss (a process's share of a global batch, see HyperIQASolver);
     agree: maps this process's loss value to the one all processes agree on (their mean), called
-    before anything is updated; crafting: how adversarial patches are made (see `training_loss`).
+    before anything is updated; crafting: how adversarial views are made (see `training_loss`).
     Returns (that loss value, detached scores (B,) on the CPU: of the clean batch, or under
     adversarial training of the mixed batch). Raises NonFiniteLoss, before anything is updated, when
     the loss is not a finite number.
     """
     optimizer.zero_grad()
-    loss, scores = training_loss(model, images, mos, config, crafting)
+    loss, scores = training_loss(model, family, pixels, mos, config, crafting)
     if loss_scale != 1.0:
         loss = loss * loss_scale
     value = loss.item() if agree is None else agree(loss.item())
@@ -162,9 +136,9 @@ def loss_share(index: torch.Tensor, global_length: int, world_size: int) -> floa
 
 
 @torch.inference_mode()
-def predict_images(model: nn.Module, loader: PatchLoader, epoch: int,
+def predict_images(model: QualityModel, loader: ViewLoader, epoch: int,
                    processes: Processes = SINGLE_PROCESS) -> np.ndarray:
-    """Per-image mean prediction (N,) over the patches `loader` draws in `epoch`, in eval mode (the
+    """Per-image mean prediction (N,) over the views `loader` draws in `epoch`, in eval mode (the
     model's mode is restored). With several processes, each predicts its share of the images and
     every process gets all the predictions."""
     was_training = model.training
@@ -184,59 +158,41 @@ def predict_images(model: nn.Module, loader: PatchLoader, epoch: int,
 # One round
 
 
-@dataclass
-class RunState:
-    """Where a run stands: saved whole in the resumable state, restored whole."""
-
-    round_index: int = 0
-    epoch: int = 0  # the epoch in progress (0-based)
-    step: int = 0  # steps done in `epoch`
-    best: list[float] | None = None  # [SROCC, PLCC] of the saved checkpoint
-    rows: list[list[float]] = field(default_factory=list)  # the table so far
-    rounds_done: list[list[float]] = field(default_factory=list)  # best [SROCC, PLCC] of finished rounds
-    epoch_losses: list[float] = field(default_factory=list)  # per step of `epoch`
-    epoch_scores: list[float] = field(default_factory=list)  # per training patch, for Train_SRCC
-    epoch_mos: list[float] = field(default_factory=list)
-    train_window: int = 0  # images per shuffling window of the training loader (0: not set yet)
-
-    @classmethod
-    def from_saved(cls, saved: Mapping) -> "RunState":
-        """The state stored in a resumable state file's payload (see `HyperIQASolver.save_state`)."""
-        return cls(**{key: value for key, value in saved["progress"].items() if key != "format"})
-
-    def next_epoch(self) -> None:
-        self.epoch, self.step = self.epoch + 1, 0
-        self.epoch_losses, self.epoch_scores, self.epoch_mos = [], [], []
-
-
 class RoundLoaders(NamedTuple):
-    train: PatchLoader
-    test: PatchLoader
+    train: ViewLoader
+    test: ViewLoader
 
 
 def round_loaders(config: TrainConfig, train_samples: Sequence[Sample], test_samples: Sequence[Sample],
                   round_index: int, processes: Processes = SINGLE_PROCESS, num_workers: int = 0,
                   cache_gib: float = DEFAULT_CACHE_GIB) -> RoundLoaders:
-    """The training and test loaders of round `round_index` for this process, their random streams keyed
-    by the round (the same batches and patches whatever the number of processes)."""
-    where = dict(device=processes.device, rank=processes.rank, world_size=processes.world_size)
+    """The training and test loaders of round `round_index` for this process, with the views of
+    `config.model`'s family, their random streams keyed by the round (the same batches and views
+    whatever the number of processes)."""
+    family = get_family(config.model)
+    where = dict(device=processes.device, rank=processes.rank, world_size=processes.world_size,
+                 input_sizes=family.input_sizes, model_name=family.display_name)
     return RoundLoaders(
-        make_train_loader(train_samples, config.dataset, config.train_patch_num, config.batch_size, config.seed,
-                          round_index, num_workers, cache_gib=cache_gib, **where),
-        make_test_loader(test_samples, config.dataset, config.test_patch_num, config.batch_size, config.seed,
-                         round_index, num_workers, **where))
+        make_train_loader(train_samples, config.dataset, family.views(config.dataset, True, config.train_patch_num),
+                          config.batch_size, config.seed, round_index, num_workers, cache_gib=cache_gib, **where),
+        make_test_loader(test_samples, config.dataset, family.views(config.dataset, False, config.test_patch_num),
+                         config.batch_size, config.seed, round_index, num_workers, **where))
 
 
 class HyperIQASolver:
-    """Trains and tests one model on one train/test split (one round), as the released solver.
+    """Trains and tests one model of any family on one train/test split (one round), as the released
+    solver, through the stages of the family's released training (one for HyperIQA; DBCNN trains its
+    last layer, then everything).
 
     Each epoch: a pass over the training batches (`train_step`), then the test (`predict_images`;
-    SROCC and PLCC against MOS). The model with the best test SROCC so far is saved atomically to
-    `files.checkpoint` as {'model', 'optimizer', 'epoch', 'srocc', 'plcc', 'config'}; unlike the
-    released code (which started from best = 0), the first epoch is always saved, so a run whose
-    SROCC is never positive still leaves a checkpoint. Then the schedule prepares the next epoch and
-    the resumable state (model, optimizer, RunState) is written to `files.state`; it is also written
-    when `stop` is requested, at the next step boundary.
+    SROCC and PLCC against MOS). The model with the best test SROCC so far in the stage is saved
+    atomically to `files.checkpoint` as {'model', 'optimizer', 'family', 'stage', 'epoch', 'srocc',
+    'plcc', 'config'} and the family's extras; unlike the released code (which started from best =
+    0), the first epoch of a stage is always saved, so a run whose SROCC is never positive still
+    leaves a checkpoint. A stage after the first starts from the best checkpoint of the one before
+    (`Stage.from_previous_best`). Then the stage prepares the next epoch's optimizer and the resumable
+    state (model, optimizer, RunState) is written to `files.state`; it is also written when `stop` is
+    requested, at the next step boundary.
 
     Several processes (torchrun): each trains on its share of every global batch, in
     DistributedDataParallel, with its loss weighted by its share (so the averaged gradient is the
@@ -252,13 +208,24 @@ class HyperIQASolver:
                  processes: Processes = SINGLE_PROCESS):
         self.config, self.network, self.loaders, self.files = config, network, loaders, files
         self.stop, self.log, self.processes = stop or StopRequest(), log, processes
+        self.family = get_family(config.model)
+        self.stages: Sequence[Stage] = self.family.stages(config)
+        self.quality = self.family.quality_model(network)  # the plain network behind its normalization
         self.state = state or RunState()
         self.test_mos = np.array([s.mos for s in loaders.test.samples], dtype=np.float64)
-        self.model = wrap_for_training(processes, network, config.sync_bn)  # what the steps run
         self.network.train()
-        self.optimizer = build_optimizer(network, config, 0)
+        self._enter_stage(self.state.stage)
         self._use_saved_window()
         self._stop_agreed = False
+
+    def _enter_stage(self, index: int) -> None:
+        """Make stage `index` the current one: its parameters prepared, the network wrapped for training
+        (after the preparation: DistributedDataParallel syncs the parameters that train), and the
+        optimizer of the state's epoch."""
+        self.stage = self.stages[index]
+        self.stage.prepare(self.network)
+        self.model = wrap_for_training(self.processes, self.network, self.config.sync_bn)  # what the steps run
+        self.optimizer = self.stage.optimizer(self.network, self.config, self.state.epoch)
 
     def _use_saved_window(self) -> None:
         """A resumed run keeps the shuffling windows it started with, whatever the cache budget now."""
@@ -269,6 +236,8 @@ class HyperIQASolver:
 
     def _where(self, epoch: int, step: int | None = None) -> str:
         where = f"epoch {epoch + 1}" + (f", step {step}" if step is not None else "")
+        if len(self.stages) > 1:
+            where = f"stage {self.state.stage + 1}, " + where
         return (f"round {self.state.round_index + 1}, " if self.config.train_test_num > 1 else "") + where
 
     def _agree(self, loss: float) -> float:
@@ -289,29 +258,54 @@ class HyperIQASolver:
         keep = self.processes.is_main
         state.epoch_scores, state.epoch_mos = (scores, mos) if keep else ([], [])
 
-    def train(self) -> tuple[float, float]:
-        """Train from the current position to the last epoch; return the best (SROCC, PLCC)."""
+    def _log_header(self, stage: int) -> None:
+        if len(self.stages) > 1:
+            self.log(f"Stage {stage + 1}/{len(self.stages)}: {self.stages[stage].name}")
         self.log(TABLE_HEADER)
-        for row in self.state.rows:  # resumed: the part of the table printed before the interruption
-            self.log(table_row(int(row[0]), *row[1:]))
-        for epoch in range(self.state.epoch, self.config.epochs):
-            self.run_epoch(epoch)
+
+    def train(self) -> tuple[float, float]:
+        """Train from the current position to the last epoch of the last stage; return the best (SROCC,
+        PLCC) of the last stage."""
+        for stage in range(self.state.stage + 1):  # resumed: the part of the table printed before
+            self._log_header(stage)
+            for row in self.state.rows:
+                if int(row[5]) == stage:
+                    self.log(table_row(int(row[0]), *row[1:5]))
+        while True:
+            for epoch in range(self.state.epoch, self.stage.epochs):
+                self.run_epoch(epoch)
+            if self.state.stage + 1 == len(self.stages):
+                break
+            self._next_stage()
         best_srcc, best_plcc = self.state.best if self.state.best is not None else (float("nan"), float("nan"))
         self.log("Best test SRCC %f, PLCC %f" % (best_srcc, best_plcc))
         return best_srcc, best_plcc
+
+    def _next_stage(self) -> None:
+        """Move on to the next stage, from the best checkpoint of this one (read by rank 0, sent to all)."""
+        self.state.next_stage()
+        if self.stages[self.state.stage].from_previous_best:
+            if self.processes.is_main:
+                self.network.load_state_dict(read_checkpoint(self.files.checkpoint).state)
+            share_state_of_rank_zero(self.processes, self.network)
+        self._enter_stage(self.state.stage)
+        self._log_header(self.state.stage)
+        self.save_state()
 
     def run_epoch(self, epoch: int) -> None:
         """Train `epoch` (from the current step), test, keep the best checkpoint, prepare the next epoch."""
         state, steps, world = self.state, len(self.loaders.train), self.processes.world_size
         report_every = max(1, steps // 10)
         started, first_step = time.perf_counter(), state.step
-        for images, mos, index in self.loaders.train.batches(epoch, start_batch=state.step):
+        for pixels, mos, index in self.loaders.train.batches(epoch, start_batch=state.step):
             index = index.cpu()
             real = index >= 0  # placeholders (index -1) of a process left without an entry carry no score
             share = loss_share(index, self.loaders.train.global_batch_length(state.step), world)
+            if self.stage.per_step is not None:
+                self.stage.per_step(self.optimizer, epoch * steps + state.step)
             try:
-                loss, scores = train_step(self.model, self.optimizer, images, mos, self.config, share, self._agree,
-                                          self.crafting(epoch, state.step))
+                loss, scores = train_step(self.model, self.family, self.optimizer, pixels, mos, self.config, share,
+                                          self._agree, self.crafting(epoch, state.step))
             except NonFiniteLoss as exc:
                 raise TrainingDiverged(f"{exc} at {self._where(epoch, state.step + 1)}; stopped ({self._kept()}); "
                                        "try a lower --lr") from None
@@ -330,7 +324,7 @@ class HyperIQASolver:
         self._gather_records()
         train_srcc = correlations(np.array(state.epoch_scores), np.array(state.epoch_mos))[0]
         share_buffers_of_rank_zero(self.processes, self.network)
-        predictions = predict_images(self.network, self.loaders.test, epoch, self.processes)
+        predictions = predict_images(self.quality, self.loaders.test, epoch, self.processes)
         if not np.isfinite(predictions).all():
             raise TrainingDiverged(f"the test predictions are not finite numbers after {self._where(epoch)}; "
                                    f"stopped ({self._kept()}); try a lower --lr")
@@ -338,25 +332,27 @@ class HyperIQASolver:
         if state.best is None or test_srcc > state.best[0]:  # NaN never beats a number
             state.best = [test_srcc, test_plcc]
             if self.processes.is_main:
-                save_checkpoint(self.files.checkpoint, self.network, self.optimizer, epoch=epoch + 1,
-                                srocc=test_srcc, plcc=test_plcc, config=asdict(self.config))
-        row = [epoch + 1, float(np.mean(state.epoch_losses)), train_srcc, test_srcc, test_plcc]
+                save_checkpoint(self.files.checkpoint, self.network, self.optimizer, family=self.family.name,
+                                stage=state.stage + 1, epoch=epoch + 1, srocc=test_srcc, plcc=test_plcc,
+                                config=asdict(self.config), **self.family.checkpoint_extras(self.network))
+        row = [epoch + 1, float(np.mean(state.epoch_losses)), train_srcc, test_srcc, test_plcc, state.stage]
         state.rows.append(row)
-        self.log(table_row(*row))
-        self.optimizer = advance_schedule(self.optimizer, self.network, self.config, epoch + 1)
+        self.log(table_row(*row[:5]))
+        self.optimizer = self.stage.next_epoch(self.optimizer, self.network, self.config, epoch + 1)
         state.next_epoch()
         self.save_state()
         if self._agreed_stop():  # every process must take the same way: the next epoch, or _stop's save
             self._stop(epoch + 1)
 
     def crafting(self, epoch: int, step: int) -> Crafting | None:
-        """How the step `step` (0-based) of `epoch` crafts its adversarial patches under adversarial
+        """How the step `step` (0-based) of `epoch` crafts its adversarial views under adversarial
         training: against the plain network, with the random stream keyed by (round, epoch, step,
-        rank), so a resumed run draws what the uninterrupted one drew and each process its own."""
+        rank, and the stage after the first), so a resumed run draws what the uninterrupted one drew
+        and each process its own."""
         if self.config.adv_train == "none":
             return None
-        return Crafting(self.network, seeded_generator(self.config.seed, ADVERSARIAL_TRAINING, self.state.round_index,
-                                                       epoch, step, self.processes.rank))
+        keys = (self.state.round_index, epoch, step, self.processes.rank) + ((self.state.stage,) if self.state.stage else ())
+        return Crafting(self.quality, seeded_generator(self.config.seed, ADVERSARIAL_TRAINING, *keys))
 
     def _kept(self) -> str:
         if self.state.best is None:
@@ -384,8 +380,8 @@ class HyperIQASolver:
         self._gather_records()
         if self.files.state is None or not self.processes.is_main:
             return
-        save_checkpoint(self.files.state, self.network, self.optimizer, config=asdict(self.config),
-                        progress={"format": STATE_FORMAT, **asdict(self.state)})
+        save_checkpoint(self.files.state, self.network, self.optimizer, family=self.family.name,
+                        config=asdict(self.config), progress={"format": STATE_FORMAT, **asdict(self.state)})
 
     def restore(self, saved: Mapping) -> None:
         """Continue from a state written by `save_state` (see `load_training_state`); with several
@@ -394,42 +390,20 @@ class HyperIQASolver:
         if not self.processes.is_main:
             self.state.epoch_scores, self.state.epoch_mos = [], []
         self.network.load_state_dict(saved["model"])
-        self.optimizer = build_optimizer(self.network, self.config, self.state.epoch)
+        self._enter_stage(self.state.stage)
         self.optimizer.load_state_dict(saved["optimizer"])
         self._use_saved_window()
-
-
-def load_training_state(path: str | os.PathLike, config: TrainConfig) -> dict:
-    """Read a resumable state (tensors and plain data only: weights_only=True) and check that it was
-    written by a run with the same settings as `config` (only `epochs` may differ; a setting the
-    state does not name, being older, had its default value)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no resumable state at {path}: it is written to --checkpoint_dir after each epoch "
-                                "and when training is stopped with Ctrl-C (pass its path to --resume)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot read the resumable state {path}: {reason}") from None
-    progress = state.get("progress") if isinstance(state, Mapping) else None
-    if not isinstance(progress, Mapping) or progress.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a resumable training state of this version "
-                         "(a best-model checkpoint, or a state of an older version, cannot be resumed)")
-    saved, current, defaults = dict(state["config"]), asdict(config), asdict(TrainConfig())
-    differ = [k for k in current if k != "epochs" and saved.get(k, defaults[k]) != current[k]]
-    if differ:
-        raise ValueError(f"{path} was saved with different settings: " + ", ".join(
-            f"--{k} {saved.get(k, defaults[k])} (now {current[k]})" for k in differ) + "; rerun with the same settings")
-    return state
 
 
 def train_and_test(config: TrainConfig, samples: Sequence[Sample], processes: Processes,
                    checkpoint_dir: str | os.PathLike, split_file: str | None = None, pretrained: bool = True,
                    backbone_weights: str | None = None, num_workers: int = 0, cache_gib: float = DEFAULT_CACHE_GIB,
-                   resume: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> list[tuple[float, float]]:
-    """All `config.train_test_num` rounds: split, fresh model, `HyperIQASolver.train()`, in this process
-    of `processes` (distributed.process_group).
+                   resume: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+                   build_options: Mapping[str, object] | None = None) -> list[tuple[float, float]]:
+    """All `config.train_test_num` rounds: split, fresh network of `config.model`'s family (ImageNet
+    backbone unless not `pretrained`, `build_options` the family's file options, see
+    families.base.BuildOptions), `HyperIQASolver.train()`, in this process of `processes`
+    (distributed.process_group).
 
     Returns the best (SROCC, PLCC) of each round. The best checkpoint of each round is written to
     `config.run_files(checkpoint_dir).checkpoint` (a later round overwrites it, as released) and the
@@ -442,7 +416,8 @@ def train_and_test(config: TrainConfig, samples: Sequence[Sample], processes: Pr
     saved_state = RunState.from_saved(saved) if saved else None
     results = [tuple(r) for r in saved_state.rounds_done] if saved_state else []
     if saved_state and processes.is_main:
-        where = (f"round {saved_state.round_index + 1}, epoch {saved_state.epoch + 1}, step {saved_state.step}"
+        stage = f"stage {saved_state.stage + 1}, " if len(get_family(config.model).stages(config)) > 1 else ""
+        where = (f"round {saved_state.round_index + 1}, {stage}epoch {saved_state.epoch + 1}, step {saved_state.step}"
                  if saved_state.round_index == len(results) else f"round {len(results) + 1}")
         print(f"resuming from {resume} at {where}", file=sys.stderr, flush=True)
     with StopRequest(quiet=not processes.is_main, patient=processes.launched) as stop:
@@ -451,8 +426,9 @@ def train_and_test(config: TrainConfig, samples: Sequence[Sample], processes: Pr
             train, test = split_samples(samples, config.dataset, config.seed, round_index, split_file=split_file)
             resuming = saved_state is not None and saved_state.round_index == round_index
             seed_everything(config.seed + round_index)
-            network = build_model(pretrained_backbone=pretrained and not resuming,
-                                  backbone_weights=None if resuming else backbone_weights, device=processes.device)
+            options = BuildOptions(pretrained and not resuming, None if resuming else backbone_weights,
+                                   {**config.options, **(build_options or {})})
+            network = build_network(config.model, options, processes.device)
             loaders = round_loaders(config, train, test, round_index, processes, num_workers, cache_gib)
             state = RunState(round_index=round_index, rounds_done=[list(r) for r in results])
             solver = HyperIQASolver(config, network, loaders, files, state, stop, log, processes)

@@ -127,11 +127,11 @@ class Workbench:
 
     @functools.cached_property
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A training batch: normalized images (B, 3, 224, 224) and mos (B,) in 0-100."""
+        """A training batch: pixels (B, 3, 224, 224) in [0, 1] and mos (B,) in 0-100."""
         generator = torch.Generator().manual_seed(2)
         pixels = torch.rand((self.args.batch_size, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator)
         mos = 100 * torch.rand(self.args.batch_size, generator=generator)
-        return models.normalize(pixels).to(self.device), mos.to(self.device)
+        return pixels.to(self.device), mos.to(self.device)
 
     @functools.cached_property
     def samples(self) -> list[Sample]:
@@ -144,10 +144,11 @@ class Workbench:
         config = TrainConfig(batch_size=self.args.batch_size, **settings)
         model = models.build_model(device=self.device).train()
         optimizer = build_optimizer(model, config, 0)
-        images, mos = self.batch
+        pixels, mos = self.batch
         generator = torch.Generator()  # PGD's random start under adversarial training
-        return lambda: train_step(model, optimizer, images, mos, config,
-                                  crafting=Crafting(model, generator.manual_seed(0)))
+        family = models.get_family(config.model)
+        return lambda: train_step(model, family, optimizer, pixels, mos, config,
+                                  crafting=Crafting(family.quality_model(model), generator.manual_seed(0)))
 
     def released_step(self, nt: bool, our_setup: bool = False) -> Call:
         """The released training step on a fresh model: NCHW and default Adam, or with `our_setup` our
@@ -159,7 +160,8 @@ class Workbench:
             model = models.HyperIQA().to(self.device).train()
             models.init_backbone_from_scratch(model.res)
         optimizer = build_optimizer(model, self.config, 0)  # the released Adam under the released schedule
-        images, mos = self.batch
+        pixels, mos = self.batch
+        images = models.normalize(pixels)  # the released loader hands normalized images
         return lambda: released_train_step(model, optimizer, images, mos, nt, self.config)
 
     def counted_decode(self, path: str) -> Image.Image:
@@ -168,18 +170,20 @@ class Workbench:
         return load_image(path)
 
     def our_epoch(self, num_workers: int, first: bool) -> Call:
-        """An epoch of our training loader (batches normalized, on the device): with `first`, a new
-        loader's first epoch (headers read, every image decoded once); else a later epoch, the decoded
-        images held in memory from the warm-up run."""
+        """An epoch of our training loader (HyperIQA's patches, on the device, normalized as the training
+        step then does): with `first`, a new loader's first epoch (headers read, every image decoded once);
+        else a later epoch, the decoded images held in memory from the warm-up run."""
+        views = models.get_family(models.DEFAULT_FAMILY).views("livec", True, PATCHES_PER_IMAGE)
+
         def new_loader():
-            return make_train_loader(self.samples, "livec", PATCHES_PER_IMAGE, self.args.batch_size,
+            return make_train_loader(self.samples, "livec", views, self.args.batch_size,
                                      num_workers=num_workers, device=self.device, decode=self.counted_decode)
         held = None if first else new_loader()
 
         def epoch() -> None:
             self.epoch += 1
-            for _ in (new_loader() if first else held).batches(self.epoch):
-                pass
+            for pixels, _, _ in (new_loader() if first else held).batches(self.epoch):
+                models.normalize(pixels)
         return epoch
 
     def released_epoch(self) -> Call:
@@ -289,22 +293,23 @@ def scaling_worker(args: argparse.Namespace) -> None:
     prints the seconds per step as JSON."""
     with distributed.process_group(args.device) as processes:
         config = TrainConfig(batch_size=args.batch_size, if_grad=args.scaling_loss == "nt")
+        family = models.get_family(config.model)
         torch.manual_seed(0)
         network = models.build_model(device=processes.device).train()
         model = distributed.wrap_for_training(processes, network)
         optimizer = build_optimizer(network, config, 0)
         local = args.batch_size // processes.world_size
         generator = torch.Generator().manual_seed(processes.rank)
-        images = models.normalize(torch.rand((local, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator))
+        images = torch.rand((local, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator)
         images, mos = images.to(processes.device), (100 * torch.rand(local, generator=generator)).to(processes.device)
         sync = synchronizer(processes.device)
         for _ in range(args.warmup):
-            train_step(model, optimizer, images, mos, config)
+            train_step(model, family, optimizer, images, mos, config)
         sync()
         distributed.wait_for_all(processes)
         started = time.perf_counter()
         for _ in range(args.repeats):
-            train_step(model, optimizer, images, mos, config)
+            train_step(model, family, optimizer, images, mos, config)
         sync()
         distributed.wait_for_all(processes)
         if processes.is_main:

@@ -11,17 +11,26 @@ import sys
 from typing import Callable
 
 import attacks
+import models
 from train_config import TrainConfig
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 CHECKPOINT_DIR = "checkpoints"  # where the scripts read and write checkpoints by default
-_LIVEC = TrainConfig(dataset="livec")  # the released demos' models: LIVEC, released batch size, paper's NT
-DEMO_CHECKPOINTS = {
-    "NT": os.path.join(CHECKPOINT_DIR, dataclasses.replace(_LIVEC, if_grad=True).checkpoint_name()),
-    "baseline": os.path.join(CHECKPOINT_DIR, _LIVEC.checkpoint_name()),
-}
+
+
+def demo_checkpoint(model: str, nt: bool) -> str:
+    """The checkpoint a demo loads by default for family `model`: its LIVEC model trained with the
+    family's released batch size and the paper's NT settings (`nt`) or without NT (the released
+    demos' names for HyperIQA)."""
+    family = models.get_family(model)
+    config = TrainConfig(model=model, dataset="livec", batch_size=family.train_defaults.get("batch_size", 16))
+    return os.path.join(CHECKPOINT_DIR, dataclasses.replace(config, if_grad=nt).checkpoint_name())
+
+
+DEMO_CHECKPOINTS = {"NT": demo_checkpoint(models.DEFAULT_FAMILY, True),
+                    "baseline": demo_checkpoint(models.DEFAULT_FAMILY, False)}  # HyperIQA's, the released names
 
 
 def positive_float(text: str) -> float:
@@ -70,6 +79,16 @@ def _parse(text: str, kind: type, what: str):
     return value
 
 
+def add_model_argument(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """--model of the scripts that load checkpoints: the family of an authors' checkpoint (ours say theirs);
+    with `several`, one for every checkpoint or one per checkpoint."""
+    parser.add_argument("--model", choices=models.FAMILIES, default=None, nargs="+" if several else None,
+                        help="model family of the checkpoint" + ("s (one for all, or one per checkpoint)" if several
+                                                                 else "") +
+                             ": needed for an authors' checkpoint of a family other than hyperiqa; our checkpoints "
+                             "say their family")
+
+
 def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--device, read by models.select_device."""
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
@@ -114,10 +133,10 @@ def add_no_plot_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_upscale_small_argument(parser: argparse.ArgumentParser) -> None:
-    """--upscale_small of the scripts that cut patches from one image file (data_loader.image_patches)."""
+    """--upscale_small of the scripts that cut views from one image file (views.image_views)."""
     parser.add_argument("--upscale_small", action="store_true",
-                        help="upscale an image smaller than 224 on a side (bicubic, shorter side to 224) "
-                             "instead of stopping with an error")
+                        help="upscale an image smaller than the model's crop on a side (bicubic; for HyperIQA: "
+                             "smaller than 224 on a side, shorter side to 224) instead of stopping with an error")
 
 
 def run_main(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:

@@ -1,10 +1,12 @@
-"""Batches of patches for training and testing HyperIQA: `make_train_loader`, `make_test_loader`.
+"""Batches of views (patches, crops or whole images, as a family's protocol says: views.py) for
+training and testing any quality model: `make_train_loader`, `make_test_loader`.
 
-Training batches are those of the released `DataLoader(shuffle=True)`: the released data set listed
-every image `patch_num` (25) times, so each epoch one random permutation of all N x patch_num
-(image, patch) entries was cut into batches of `batch_size` (the last one smaller). A batch of 16 on
+Training batches are those of the released `DataLoader(shuffle=True)`: HyperIQA's released data set
+listed every image `patch_num` (25) times, so each epoch one random permutation of all N x patch_num
+(image, view) entries was cut into batches of `batch_size` (the last one smaller). A batch of 16 on
 LIVEC's 930 training images thus holds about 15.9 different images. Here the same rule draws the
-entries, and each image is decoded at most once per epoch instead of once per entry:
+entries (with one view per image, as DBCNN's, it is the released shuffle of the images), and each
+image is decoded at most once per epoch instead of once per entry:
 
 - The decoded training images (uint8, resized as released) are kept in memory, under a budget
   (`cache_gib`, 2 GiB by default; LIVEC's 930 training images take 0.65 GiB): then each image is
@@ -18,8 +20,11 @@ entries, and each image is decoded at most once per epoch instead of once per en
   15.96 different images per batch of 16 on average, against 15.99 for a global shuffle (15.78 for
   windows of 512). The loader says so once when this happens.
 
-Test batches hold the patches of consecutive images in order, `patch_num` random crops each, and
-carry each patch's image index, so that predictions are averaged per image.
+Test batches hold the views of consecutive images in order, and carry each view's image index, so
+that predictions are averaged per image; a batch never mixes views of different sizes (whole images
+of different sizes go in batches of their own).
+
+Batches hold pixels in [0, 1]: the family's quality model normalizes them (families/base.py).
 
 Every random draw comes from its own stream (seeding.py) keyed by (seed, round, epoch, image or
 window): the same seed gives the same batches whatever the number of loader workers, and a run
@@ -37,10 +42,10 @@ import torch
 from PIL import Image
 
 import seeding
+from families.base import InputSizes
 from folders import Sample
 from images import ImageError, image_size, image_to_uint8_tensor, load_image
-from models import PATCH_SIZE, normalize
-from patches import CropBox, cut_patch, random_crop_boxes, resize_as_released, resized_size
+from views import CropBox, Views, cut_view, random_crop_boxes, resize_as_released
 
 DEFAULT_CACHE_GIB = 2.0  # memory for decoded training images; LIVEC's 930 need 0.65 GiB
 MIN_WINDOW_IMAGES = 512  # past the budget, patches are shuffled among at least this many images
@@ -50,7 +55,7 @@ GIB = 2 ** 30
 # (benchmark.py's loading job). Workers pay off where decoding dominates: --num_workers.
 DEFAULT_NUM_WORKERS = 0
 
-# images (B, 3, S, S) normalized, mos (B,), image index (B,): -1 for a placeholder (see share_of)
+# pixels (B, 3, h, w) in [0, 1], mos (B,), image index (B,): -1 for a placeholder (see share_of)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Decoder = Callable[[str], Image.Image]  # image file -> 8-bit RGB PIL image (images.load_image)
 
@@ -62,17 +67,17 @@ class DecodedImage(NamedTuple):
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """Item `index`: image `index` of `samples`, decoded by `decode` and resized as released."""
+    """Item `index`: image `index` of `samples`, decoded by `decode` and resized as `views` say."""
 
-    def __init__(self, samples: Sequence[Sample], dataset: str, decode: Decoder, describe: Callable[[int], str]):
-        self.samples, self.dataset, self.decode, self.describe = samples, dataset, decode, describe
+    def __init__(self, samples: Sequence[Sample], views: Views, decode: Decoder, describe: Callable[[int], str]):
+        self.samples, self.views, self.decode, self.describe = samples, views, decode, describe
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> DecodedImage:
         try:
-            img = resize_as_released(self.decode(self.samples[index].path), self.dataset)
+            img = resize_as_released(self.decode(self.samples[index].path), self.views)
             return DecodedImage(index, image_to_uint8_tensor(img), "")
         except ImageError as exc:
             return DecodedImage(index, torch.empty(0, dtype=torch.uint8), f"{self.describe(index)}: {exc}")
@@ -112,34 +117,39 @@ def _window_count(count: int, window_images: int) -> int:
     return math.ceil(count / window_images)
 
 
-class PatchLoader:
-    """Batches of patches, one epoch at a time: `for images, mos, index in loader.batches(epoch)`.
+class ViewLoader:
+    """Batches of views, one epoch at a time: `for pixels, mos, index in loader.batches(epoch)`.
 
-    images: ImageNet-normalized float (B, 3, patch_size, patch_size) on `device`; mos: float32 (B,);
-    index: int64 (B,), the position of each patch's image in `samples`. Training loaders draw the
+    pixels: float (B, 3, h, w) in [0, 1] on `device`, the views of the protocol `views`; mos: float32
+    (B,); index: int64 (B,), the position of each view's image in `samples`. Training loaders draw the
     released batches (see the module docstring), test loaders keep the images in order. `num_workers`
     processes decode images ahead (0: decode in this process); `decode` reads an image file.
     Every image's size is read from its file header at construction, so a missing, unreadable or too
-    small image stops the run before the first step.
+    small image (smaller than the crop, or than `input_sizes`, what the model accepts, for whole-image
+    views; `model_name` names the model in that message) stops the run before the first step.
     """
 
-    def __init__(self, samples: Sequence[Sample], dataset: str, patch_num: int, batch_size: int, train: bool,
+    def __init__(self, samples: Sequence[Sample], dataset: str, views: Views, batch_size: int, train: bool,
                  seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
-                 device: torch.device | str = "cpu", patch_size: int = PATCH_SIZE,
-                 cache_gib: float = DEFAULT_CACHE_GIB, decode: Decoder = load_image, rank: int = 0,
-                 world_size: int = 1):
-        if batch_size < 1 or patch_num < 1:
-            raise ValueError(f"batch_size and patch_num must be >= 1, got {batch_size} and {patch_num}")
+                 device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
+                 decode: Decoder = load_image, rank: int = 0, world_size: int = 1,
+                 input_sizes: InputSizes | None = None, model_name: str = "the model"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if train:
             check_global_batch(batch_size, world_size)
         if not cache_gib >= 0:
             raise ValueError(f"the image cache budget must be >= 0 GiB, got {cache_gib}")
-        self.samples, self.dataset, self.patch_num, self.batch_size = list(samples), dataset, patch_num, batch_size
-        self.train, self.seed, self.round_index, self.patch_size = train, seed, round_index, patch_size
+        self.samples, self.dataset, self.views, self.batch_size = list(samples), dataset, views, batch_size
+        self.patch_num = views.count
+        self.train, self.seed, self.round_index = train, seed, round_index
         self.num_workers, self.device = num_workers, torch.device(device)
         self.rank, self.world_size = rank, world_size
-        self.images = DecodedImages(self.samples, dataset, decode, self.describe)
-        self.sizes = [self._size(index) for index in range(len(self.samples))]  # (height, width)
+        self.input_sizes, self.model_name = input_sizes, model_name
+        self.images = DecodedImages(self.samples, views, decode, self.describe)
+        self.sizes = [self._size(index) for index in range(len(self.samples))]  # (height, width) after resizing
+        if train:
+            self._check_one_view_size()
         self.decoded_bytes = sum(3 * height * width for height, width in self.sizes)
         # where each kept image starts in `_slab`, in bytes
         self._offsets = list(itertools.accumulate((3 * height * width for height, width in self.sizes[:-1]),
@@ -159,14 +169,30 @@ class PatchLoader:
     def _size(self, index: int) -> tuple[int, int]:
         path = self.samples[index].path
         try:
-            width, height = resized_size(self.dataset, *image_size(path))
+            width, height = image_size(path)
         except ImageError as exc:
             raise ImageError(f"{self.describe(index)}: {exc}") from None
-        if min(width, height) < self.patch_size:
-            raise ImageError(f"{self.describe(index)} ({path}): image of {width}x{height} pixels is smaller than "
-                             f"the {self.patch_size}x{self.patch_size} patch; HyperIQA needs images of at least "
-                             f"{self.patch_size} pixels on each side")
+        height, width = self.views.resized_size(height, width)
+        problem = ""
+        if self.views.crop is not None and (height < self.views.crop[0] or width < self.views.crop[1]):
+            problem = (f"image of {width}x{height} pixels is smaller than the {self.views.crop[1]}x{self.views.crop[0]} "
+                       f"crop")
+        elif self.input_sizes is not None:
+            view_height, view_width = self.views.view_size(height, width)
+            problem = self.input_sizes.problem(view_height, view_width)
+            problem = f"{self.model_name} {problem}" if problem else ""
+        if problem:
+            raise ImageError(f"{self.describe(index)} ({path}): {problem}")
         return height, width
+
+    def _check_one_view_size(self) -> None:
+        """Training batches stack views of any images: they must all have one size."""
+        sizes = sorted({self.views.view_size(height, width) for height, width in self.sizes})
+        if len(sizes) > 1:
+            (h1, w1), (h2, w2) = sizes[0], sizes[-1]
+            raise ImageError(f"the {self.dataset} training images give views of {len(sizes)} sizes (e.g. {w1}x{h1} "
+                             f"and {w2}x{h2}): {self.views.describe()} cannot be batched; the images must have one "
+                             "size, or the protocol a crop")
 
     def _windowing(self, budget_bytes: float) -> tuple[int, bool]:
         """(images per shuffling window, whether decoded images are kept across epochs)."""
@@ -184,16 +210,17 @@ class PatchLoader:
         return window, False
 
     def __len__(self) -> int:
+        """Training batches per epoch (test loaders: at least this many, as a batch holds one view size)."""
         return math.ceil(len(self.samples) * self.patch_num / self.batch_size)
 
     # -- what an epoch draws
 
     def crop_boxes(self, index: int, epoch: int) -> list[CropBox]:
-        """The `patch_num` crops of image `index` in `epoch` (flipped at random for training)."""
+        """The views of image `index` in `epoch`."""
         stream = seeding.TRAIN_PATCHES if self.train else seeding.TEST_PATCHES
         generator = seeding.seeded_generator(self.seed, stream, self.round_index, epoch, index)
         height, width = self.sizes[index]
-        return random_crop_boxes(height, width, self.patch_num, self.patch_size, generator, flip=self.train)
+        return random_crop_boxes(height, width, self.views, generator)
 
     def windows(self, epoch: int) -> list[list[int]]:
         """The images of each shuffling window of `epoch`, in stream order (test: one image each)."""
@@ -207,7 +234,7 @@ class PatchLoader:
         return [order[bounds[k]:bounds[k + 1]] for k in range(parts)]
 
     def entries(self, epoch: int) -> list[tuple[int, int]]:
-        """Every (image index, patch number) of `epoch` once, in the order batches take them."""
+        """Every (image index, view number) of `epoch` once, in the order batches take them."""
         stream = []
         for number, window in enumerate(self.windows(epoch)):
             pairs = [(index, patch) for index in window for patch in range(self.patch_num)]
@@ -223,8 +250,20 @@ class PatchLoader:
         """Entries in training batch `number` over all processes (`batch_size`, the last one fewer)."""
         return min(self.batch_size, len(self.samples) * self.patch_num - number * self.batch_size)
 
+    def _test_batches(self, stream: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """Consecutive entries in batches of up to `batch_size`, a new batch where the view size changes."""
+        batches: list[list[tuple[int, int]]] = []
+        for entry in stream:
+            size = self.views.view_size(*self.sizes[entry[0]])
+            last = batches[-1] if batches else None
+            if last and len(last) < self.batch_size and self.views.view_size(*self.sizes[last[0][0]]) == size:
+                last.append(entry)
+            else:
+                batches.append([entry])
+        return batches
+
     def batches(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
-        """The batches of `epoch`, from batch number `start_batch` on. Images whose patches all fall in
+        """The batches of `epoch`, from batch number `start_batch` on. Images whose views all fall in
         the skipped batches are not decoded; none is decoded twice in an epoch.
 
         With several processes, a training loader yields this process's share of each global batch
@@ -232,10 +271,13 @@ class PatchLoader:
         index is congruent to this process's rank modulo their number.
         """
         stream = self.entries(epoch)
-        if not self.train and self.world_size > 1:
-            stream = [entry for entry in stream if entry[0] % self.world_size == self.rank]
-        stream = stream[start_batch * self.batch_size:]
-        batches = [stream[k:k + self.batch_size] for k in range(0, len(stream), self.batch_size)]
+        if self.train:
+            stream = stream[start_batch * self.batch_size:]
+            batches = [stream[k:k + self.batch_size] for k in range(0, len(stream), self.batch_size)]
+        else:
+            if self.world_size > 1:
+                stream = [entry for entry in stream if entry[0] % self.world_size == self.rank]
+            batches = self._test_batches(stream)[start_batch:]
         placeholders = [False] * len(batches)
         if self.train and self.world_size > 1:
             shares = [share_of(batch, self.rank, self.world_size) for batch in batches]
@@ -280,12 +322,12 @@ class PatchLoader:
                              f"pixels, but its header says {width}x{height}")
 
     def patches_of(self, index: int, epoch: int = 0) -> torch.Tensor:
-        """uint8 patches (patch_num, 3, S, S) of image `index` in `epoch`: those its batches carry."""
+        """uint8 views (count, 3, h, w) of image `index` in `epoch`: those its batches carry."""
         item = self.images[index]
         if item.error:
             raise ImageError(item.error)
         self._check_size(item)
-        return torch.stack([cut_patch(item.pixels, box, self.patch_size) for box in self.crop_boxes(index, epoch)])
+        return torch.stack([cut_view(item.pixels, box, self.views) for box in self.crop_boxes(index, epoch)])
 
     def _decoded(self, indices: list[int]) -> Iterator[DecodedImage]:
         if self.num_workers == 0 or not indices:
@@ -295,34 +337,37 @@ class PatchLoader:
                                              worker_init_fn=_ignore_sigint)
         return iter(loader)
 
-    def _batch(self, patches: list[tuple[torch.Tensor, CropBox, int]]) -> Batch:
-        size = self.patch_size
-        out = torch.empty((len(patches), 3, size, size), dtype=torch.uint8)
-        for row, (image, box, _) in enumerate(patches):
-            out[row] = cut_patch(image, box, size)  # the one copy of each patch
-        mos = torch.tensor([self.samples[index].mos if index >= 0 else 0.0 for _, _, index in patches],
+    def _batch(self, views: list[tuple[torch.Tensor, CropBox, int]]) -> Batch:
+        height, width = cut_view(views[0][0], views[0][1], self.views).shape[1:]
+        out = torch.empty((len(views), 3, height, width), dtype=torch.uint8)
+        for row, (image, box, _) in enumerate(views):
+            out[row] = cut_view(image, box, self.views)  # the one copy of each view
+        mos = torch.tensor([self.samples[index].mos if index >= 0 else 0.0 for _, _, index in views],
                            dtype=torch.float32)
-        index = torch.tensor([index for _, _, index in patches], dtype=torch.int64)
-        # Patches travel as uint8 (4x less than float) and are converted on the device.
+        index = torch.tensor([index for _, _, index in views], dtype=torch.int64)
+        # Views travel as uint8 (4x less than float) and are converted on the device.
         pixels = out.to(self.device, non_blocking=True).float().div_(255.0)
-        return normalize(pixels), mos.to(self.device), index.to(self.device)
+        return pixels, mos.to(self.device), index.to(self.device)
 
 
-def make_train_loader(samples: Sequence[Sample], dataset: str, patch_num: int, batch_size: int,
+def make_train_loader(samples: Sequence[Sample], dataset: str, views: Views, batch_size: int,
                       seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                       device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
-                      decode: Decoder = load_image, rank: int = 0, world_size: int = 1) -> PatchLoader:
-    """Training batches as the released shuffling loader draws them, flipped at random (see PatchLoader);
-    `batch_size` is the global batch, dealt to the `world_size` processes."""
-    return PatchLoader(samples, dataset, patch_num, batch_size, True, seed, round_index, num_workers, device,
-                       cache_gib=cache_gib, decode=decode, rank=rank, world_size=world_size)
+                      decode: Decoder = load_image, rank: int = 0, world_size: int = 1,
+                      input_sizes: InputSizes | None = None, model_name: str = "the model") -> ViewLoader:
+    """Training batches as the released shuffling loader draws them, with the training `views` of a
+    family (see ViewLoader); `batch_size` is the global batch, dealt to the `world_size` processes."""
+    return ViewLoader(samples, dataset, views, batch_size, True, seed, round_index, num_workers, device,
+                      cache_gib=cache_gib, decode=decode, rank=rank, world_size=world_size, input_sizes=input_sizes,
+                      model_name=model_name)
 
 
-def make_test_loader(samples: Sequence[Sample], dataset: str, patch_num: int, batch_size: int,
+def make_test_loader(samples: Sequence[Sample], dataset: str, views: Views, batch_size: int,
                      seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                      device: torch.device | str = "cpu", decode: Decoder = load_image, rank: int = 0,
-                     world_size: int = 1) -> PatchLoader:
-    """Test batches: images in order, `patch_num` random crops each, no flips (see PatchLoader); with
-    several processes, each takes every `world_size`-th image."""
-    return PatchLoader(samples, dataset, patch_num, batch_size, False, seed, round_index, num_workers, device,
-                       decode=decode, rank=rank, world_size=world_size)
+                     world_size: int = 1, input_sizes: InputSizes | None = None,
+                     model_name: str = "the model") -> ViewLoader:
+    """Test batches: images in order, with the test `views` of a family (see ViewLoader); with several
+    processes, each takes every `world_size`-th image."""
+    return ViewLoader(samples, dataset, views, batch_size, False, seed, round_index, num_workers, device,
+                      decode=decode, rank=rank, world_size=world_size, input_sizes=input_sizes, model_name=model_name)

@@ -146,6 +146,14 @@ def share_buffers_of_rank_zero(processes: Processes, module: nn.Module) -> None:
             _collective(dist.broadcast, buffer, 0)
 
 
+def share_state_of_rank_zero(processes: Processes, module: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every process (a network rank 0 alone read from a file)."""
+    if processes.world_size > 1:
+        with torch.no_grad():
+            for tensor in module.state_dict().values():
+                _collective(dist.broadcast, tensor, 0)
+
+
 def wrap_for_training(processes: Processes, network: nn.Module, sync_batchnorm: bool = False) -> nn.Module:
     """`network` in DistributedDataParallel when there are several processes (gradients averaged over
     them after each backward), else `network` itself. BatchNorm uses each process's own batch

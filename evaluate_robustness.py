@@ -6,12 +6,13 @@
     python evaluate_robustness.py --dataset folder --dataset_path my_images/ --checkpoint a.pth --patch_num 5
     torchrun --standalone --nproc_per_node 4 evaluate_robustness.py ...   # the images shared out over 4 GPUs
 
-For every image: `--patch_num` seeded random 224x224 patches (with the same --seed and --round, the
-very patches the training script's test loader draws at its first epoch, with the released test
-transform), the clean scores and the l1 gradient norm
-(normalized input space) of each checkpoint, then every attack at every eps. An image's score is the
-mean over its patches; attacked images are scored as saved (rounded to 8 bits), and with
-`--jpeg_quality Q` after JPEG re-compression. Printed and saved (`--out_dir`/robustness.csv and .json,
+Checkpoints of any family (each says its own; `--model` for an authors' file of another family than
+HyperIQA). For every image and checkpoint: the views of the family's test protocol (HyperIQA:
+`--patch_num` seeded random 224x224 patches, with the same --seed and --round the very patches the
+training script's test loader draws at its first epoch; DBCNN: the whole image), the clean scores
+and the l1 gradient norm (in the model's own input space, after its normalization), then every
+attack at every eps. An image's score is the mean over its views; attacked images are scored as
+saved (rounded to 8 bits), and with `--jpeg_quality Q` after JPEG re-compression. Printed and saved (`--out_dir`/robustness.csv and .json,
 the JSON with the per-image scores), one row per checkpoint x attack x eps:
 
 - clean_srocc, clean_plcc / attacked_srocc, attacked_plcc: clean / attacked predictions vs MOS;
@@ -43,7 +44,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -51,13 +52,14 @@ from PIL import Image
 
 import attacks
 import cli
+import distributed
 import folders
 import metrics
 import models
-import distributed
 import plots
 import seeding
-from data_loader import make_test_loader
+from data_loader import ViewLoader, make_test_loader
+from families.base import QualityModel
 from splits import split_samples
 
 FOLDER = "folder"  # --dataset value for a plain folder of images without MOS
@@ -71,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", nargs="+", required=True, metavar="PATH",
-                        help="one or more HyperIQA checkpoints to evaluate (any released form)")
+                        help="one or more checkpoints to evaluate, of any family (any released form)")
+    cli.add_model_argument(parser, several=True)
     parser.add_argument("--dataset", default="livec", choices=folders.DATASETS + (FOLDER,),
                         help=f"data set layout of --dataset_path; '{FOLDER}': every image of a folder, no MOS")
     parser.add_argument("--dataset_path", required=True,
@@ -91,11 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{attacks.MIFGSM_STEPS} steps of eps / steps), square (gradient-free: --queries "
                              "score queries per image)")
     cli.add_attack_arguments(parser, sweep=True)
-    parser.add_argument("--patch_num", type=cli.positive_int, default=25,
-                        help="random 224x224 patches per image (25 as the released test)")
+    parser.add_argument("--patch_num", type=cli.positive_int, default=None,
+                        help="random patches (views) per image, for a family that crops (default: the family's "
+                             "released test number, 25 for HyperIQA's 224x224 patches)")
     parser.add_argument("--score_range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
-                        help="bottom and top of the score scale, for R and the attack direction "
-                             "(default: the data set's, 0 100 for LIVEC and for a folder)")
+                        help="bottom and top of the score scale, for R and the attack direction (default: the "
+                             "data set's, 0 100 for LIVEC and for a folder, or the family's own scale)")
     parser.add_argument("--score_middle", type=float, default=None,
                         help="scores above this are attacked downwards, others upwards (default: middle of the range)")
     parser.add_argument("--jpeg_quality", type=cli.positive_int, default=None,
@@ -115,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"argument --eps: each value once, got {' '.join(map(str, args.eps))}")
     if args.score_range is not None and not args.score_range[0] < args.score_range[1]:
         parser.error(f"argument --score_range: needs LOW < HIGH, got {args.score_range[0]} {args.score_range[1]}")
+    if args.model is not None and len(args.model) not in (1, len(args.checkpoint)):
+        parser.error(f"argument --model: one family for every checkpoint, or one per checkpoint "
+                     f"({len(args.checkpoint)}); got {len(args.model)}")
     return args
 
 
@@ -170,14 +177,15 @@ def sweeps(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return {key: sorted(group, key=lambda row: row["eps"]) for key, group in grouped.items()}
 
 
-def summary_rows(rows: list[dict], score_range: tuple[float, float]) -> list[dict]:
+def summary_rows(rows: list[dict], score_ranges: dict[str, tuple[float, float]]) -> list[dict]:
     """One row (see SUMMARY_COLUMNS) per checkpoint x attack of the table's rows, over that attack's
     eps of the run: integral robustness (metrics.integral_robustness) of SROCC(clean, attacked) and
-    of metrics.score_stability, and the MAE and SROCC at the largest eps."""
+    of metrics.score_stability (over the score range of each model, `score_ranges`), and the MAE and
+    SROCC at the largest eps."""
     summary = []
     for (model, attack), sweep in sweeps(rows).items():
         eps, largest = [row["eps"] for row in sweep], sweep[-1]
-        stability = [metrics.score_stability(row["mae"], *score_range) for row in sweep]
+        stability = [metrics.score_stability(row["mae"], *score_ranges[model]) for row in sweep]
         summary.append(dict(model=model, attack=attack, eps_max=eps[-1], eps_count=len(eps), images=largest["images"],
                             grad_norm=largest["grad_norm"], mae_at_eps_max=largest["mae"],
                             srocc_at_eps_max=largest["srocc"],
@@ -201,6 +209,36 @@ def main(args: argparse.Namespace) -> None:
         evaluate(args, processes)
 
 
+class Evaluated(NamedTuple):
+    """A checkpoint under evaluation: its quality model, its family's test views of every image, and
+    its score range (for R and the direction) and direction threshold."""
+
+    name: str
+    model: QualityModel
+    views: ViewLoader
+    score_range: tuple[float, float]
+    middle: float
+
+
+def evaluated_models(args: argparse.Namespace, samples: list[folders.Sample], device: torch.device) -> list[Evaluated]:
+    """The checkpoints of the run, loaded (which fails early on a bad one), each with its views."""
+    paths = args.checkpoint
+    families = [None] * len(paths) if args.model is None else args.model * (len(paths) // len(args.model))
+    stems = [Path(path).stem for path in paths]
+    evaluated = []
+    for path, stem, requested in zip(paths, stems, families):
+        model = models.load_model(path, requested, device)
+        family = models.get_family(model.family)
+        count = args.patch_num or family.train_defaults.get("test_patch_num", 1)
+        # The training script's test loader of this seed and round: its first epoch's views.
+        views = make_test_loader(samples, args.dataset, family.views(args.dataset, False, count), count, args.seed,
+                                 args.round_index, input_sizes=family.input_sizes, model_name=family.display_name)
+        low, high = args.score_range or folders.score_range(args.dataset, family.score_range)
+        middle = (low + high) / 2 if args.score_middle is None else args.score_middle
+        evaluated.append(Evaluated(str(path) if stems.count(stem) > 1 else stem, model, views, (low, high), middle))
+    return evaluated
+
+
 def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None:
     """The evaluation in this process: under torchrun, each process attacks the images whose index is
     congruent to its rank modulo their number, and rank 0 gathers the scores, prints and writes."""
@@ -209,42 +247,36 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
     if not args.no_plot:
         plots.check_matplotlib()  # before the work, not after it
     samples = distributed.main_first(processes, lambda: evaluation_samples(args))
-    low, high = args.score_range or folders.SCORE_RANGES.get(args.dataset, (0.0, 100.0))
-    middle = (low + high) / 2 if args.score_middle is None else args.score_middle
-    names = [str(path) if [Path(p).stem for p in args.checkpoint].count(Path(path).stem) > 1 else Path(path).stem
-             for path in args.checkpoint]
-    nets = [models.load_hyperiqa(path, device) for path in args.checkpoint]  # fail early on a bad checkpoint
+    nets = evaluated_models(args, samples, device)
     settings = [(attack, eps, *attacks.attack_settings(attack, eps, args.alp, args.step, args.queries))
                 for attack in args.attack for eps in args.eps]  # (attack, eps, step size, steps)
-    # The training script's test loader of this seed and round: its first epoch's patches.
-    patch_source = make_test_loader(samples, args.dataset, args.patch_num, args.patch_num, args.seed, args.round_index)
 
     def defended(pixels: torch.Tensor) -> torch.Tensor:  # what the model is shown: JPEG-recompressed or not
         return attacks.jpeg_recompress(pixels, args.jpeg_quality) if args.jpeg_quality else pixels
-
 
     clean = torch.zeros((len(nets), len(samples)), dtype=torch.float64)
     norms = torch.zeros_like(clean)
     attacked = torch.zeros((len(nets), len(settings), len(samples)), dtype=torch.float64)
     mine = list(range(processes.rank, len(samples), processes.world_size))
     if processes.is_main:
-        print(f"Evaluating {len(nets)} checkpoint(s) on {len(samples)} images x {args.patch_num} patches, "
+        views = ", ".join(dict.fromkeys(net.views.views.describe() for net in nets))
+        print(f"Evaluating {len(nets)} checkpoint(s) on {len(samples)} images ({views}), "
               f"{len(settings)} attack setting(s), on {device}"
               + (f", {processes.world_size} processes" if processes.world_size > 1 else ""), file=sys.stderr, flush=True)
     started, report_every = time.monotonic(), max(1, len(mine) // 20)
     for done, index in enumerate(mine, start=1):
-        pixels = patch_source.patches_of(index, epoch=0).to(device).float().div_(255.0)
         for k, net in enumerate(nets):
-            scores, grad_norms = attacks.scores_and_gradient_norms(net, pixels, args.chunk_size)
+            pixels = net.views.patches_of(index, epoch=0).to(device).float().div_(255.0)
+            scores, grad_norms = attacks.scores_and_gradient_norms(net.model, pixels, args.chunk_size)
             if args.jpeg_quality:
-                scores = attacks.score_patches(net, defended(pixels), args.chunk_size)
+                scores = attacks.score_patches(net.model, defended(pixels), args.chunk_size)
             clean[k, index], norms[k, index] = scores.mean().item(), grad_norms.mean().item()
             for a, (attack, eps, alpha, steps) in enumerate(settings):
-                result = attacks.run_attack(attack, net, pixels, eps, alpha, steps, middle,
+                result = attacks.run_attack(attack, net.model, pixels, eps, alpha, steps, net.middle,
                                             seeding.seeded_generator(args.seed, seeding.ATTACK_START, index),
                                             args.chunk_size, restarts=args.restarts)
                 adversarial = defended(attacks.quantize_8bit(result.adversarial))
-                attacked[k, a, index] = attacks.score_patches(net, adversarial, args.chunk_size).mean().item()
+                attacked[k, a, index] = attacks.score_patches(net.model, adversarial, args.chunk_size).mean().item()
         if processes.is_main and (done % report_every == 0 or done == len(mine)):
             elapsed = time.monotonic() - started
             left = elapsed / done * (len(mine) - done)
@@ -253,30 +285,30 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
     for scores in (clean, norms, attacked):  # each image was scored by one process, zeros elsewhere
         distributed.all_sum(processes, scores)
     if processes.is_main:
-        report(args, samples, names, settings, clean.numpy(), norms.numpy(), attacked.numpy(), (low, high), middle)
+        report(args, samples, nets, settings, clean.numpy(), norms.numpy(), attacked.numpy())
 
 
-def report(args: argparse.Namespace, samples: list[folders.Sample], names: list[str],
-           settings: list[tuple[str, float, float, int]], clean: np.ndarray, norms: np.ndarray, attacked: np.ndarray,
-           score_range: tuple[float, float], middle: float) -> None:
+def report(args: argparse.Namespace, samples: list[folders.Sample], nets: list[Evaluated],
+           settings: list[tuple[str, float, float, int]], clean: np.ndarray, norms: np.ndarray,
+           attacked: np.ndarray) -> None:
     """Print the tables and write the files and plots: clean, norms (checkpoints, images), attacked
     (checkpoints, settings, images)."""
-    low, high = score_range
     mos = np.array([sample.mos for sample in samples], dtype=np.float64)
     rows = []
-    for k, name in enumerate(names):
+    for k, net in enumerate(nets):
         for a, (attack, eps, alpha, steps) in enumerate(settings):
-            rows.append(table_row(mos, clean[k], attacked[k, a], float(norms[k].mean()), (low, high), model=name,
-                                  attack=attack, eps=eps, alpha=alpha, steps=steps, jpeg_quality=args.jpeg_quality))
-    summary = summary_rows(rows, (low, high))
+            rows.append(table_row(mos, clean[k], attacked[k, a], float(norms[k].mean()), net.score_range,
+                                  model=net.name, attack=attack, eps=eps, alpha=alpha, steps=steps,
+                                  jpeg_quality=args.jpeg_quality))
+    summary = summary_rows(rows, {net.name: net.score_range for net in nets})
     print(format_table(rows))
     print(f"\nIntegral robustness over eps {' '.join(f'{eps:g}' for eps in sorted(args.eps))} "
           "(1: the attack moved nothing; see metrics.integral_robustness):")
     print(format_table(summary, SUMMARY_COLUMNS))
     out_dir = Path(args.out_dir)
-    save_results(out_dir, args, rows, summary, samples, names, settings, clean, norms, attacked, (low, high), middle)
+    save_results(out_dir, args, rows, summary, samples, nets, settings, clean, norms, attacked)
     if not args.no_plot:
-        draw_plots(out_dir, rows, names, settings, clean, attacked)
+        draw_plots(out_dir, rows, [net.name for net in nets], settings, clean, attacked)
 
 
 def draw_plots(out_dir: Path, rows: list[dict], names: list[str], settings: list[tuple[str, float, float, int]],
@@ -297,13 +329,14 @@ def draw_plots(out_dir: Path, rows: list[dict], names: list[str], settings: list
 
 
 def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], summary: list[dict],
-                 samples: list[folders.Sample], names: list[str], settings: list[tuple[str, float, float, int]],
-                 clean: np.ndarray, norms: np.ndarray, attacked: np.ndarray, score_range: tuple[float, float],
-                 middle: float) -> None:
+                 samples: list[folders.Sample], nets: list[Evaluated], settings: list[tuple[str, float, float, int]],
+                 clean: np.ndarray, norms: np.ndarray, attacked: np.ndarray) -> None:
     """robustness.csv (the table), summary.csv (the integral scores) and robustness.json (settings,
     table, summary, per-image scores) in `out_dir`."""
     def finite(value):  # JSON has no NaN
         return None if isinstance(value, float) and math.isnan(value) else value
+
+    names = [net.name for net in nets]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, table, columns in (("robustness.csv", rows, COLUMNS), ("summary.csv", summary, SUMMARY_COLUMNS)):
@@ -314,9 +347,11 @@ def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], summ
     report = {
         "settings": {"dataset": args.dataset, "dataset_path": args.dataset_path, "split": args.split,
                      "split_file": args.split_file, "round": args.round_index, "patch_num": args.patch_num,
-                     "seed": args.seed, "score_range": list(score_range), "score_middle": middle,
-                     "jpeg_quality": args.jpeg_quality, "square_queries": args.queries, "pgd_restarts": args.restarts,
-                     "checkpoints": dict(zip(names, args.checkpoint))},
+                     "seed": args.seed, "jpeg_quality": args.jpeg_quality, "square_queries": args.queries,
+                     "pgd_restarts": args.restarts, "checkpoints": dict(zip(names, args.checkpoint)),
+                     "models": {net.name: {"family": net.model.family, "views": net.views.views.describe(),
+                                           "score_range": list(net.score_range), "score_middle": net.middle}
+                                for net in nets}},
         "table": [{c: finite(row[c]) for c in COLUMNS} for row in rows],
         "summary": [{c: finite(row[c]) for c in SUMMARY_COLUMNS} for row in summary],
         "images": [{"path": s.path, "mos": finite(float(s.mos))} for s in samples],

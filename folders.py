@@ -40,6 +40,13 @@ SCORE_RANGES = {
 # The data sets whose label is a DMOS: a higher label means a WORSE image. (Elsewhere higher is better.)
 HIGHER_IS_WORSE = frozenset({"live", "csiq"})
 
+
+def score_range(dataset: str, model_range: tuple[float, float] | None = None) -> tuple[float, float]:
+    """(low, high) of a model's scores on `dataset`: `model_range` when the model's family scores on a
+    scale of its own (`Family.score_range`), else the data set's label scale (SCORE_RANGES; 0-100
+    for a data set not listed there)."""
+    return model_range if model_range is not None else SCORE_RANGES.get(dataset, (0.0, 100.0))
+
 # What `root` must hold, quoted in every "not found" message.
 LAYOUTS = {
     "livec": "Data/AllImages_release.mat, Data/AllMOS_release.mat and Images/ (ChallengeDB_release)",

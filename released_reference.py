@@ -19,14 +19,13 @@ from PIL import Image
 import attacks
 import models
 from folders import Sample
-from models import ScoreModel
-from nt_regularizer import DEFAULT_NT_H, DEFAULT_NT_WEIGHT, NTLoss, finite_difference_penalty
+from nt_regularizer import DEFAULT_NT_H, DEFAULT_NT_WEIGHT, NTLoss, ScoreNetwork, finite_difference_penalty
 from train_config import TrainConfig
 
 RELEASED_PATCH_NUM = 25  # the released train/test patch number
 
 
-def released_three_pass_nt_loss(model: ScoreModel, images: torch.Tensor, mos: torch.Tensor,
+def released_three_pass_nt_loss(model: ScoreNetwork, images: torch.Tensor, mos: torch.Tensor,
                                 weight: float = DEFAULT_NT_WEIGHT, h: float = DEFAULT_NT_H) -> NTLoss:
     """The released NT formulation, three forward passes per step: one for the L1 loss, and a separate
     clean forward plus a shifted forward for the penalty (nt_regularizer.nt_loss needs two)."""

@@ -1,16 +1,17 @@
-"""The released optimizer and its learning-rate schedules ('released' and 'corrected')."""
+"""HyperIQA's released optimizer and its learning-rate schedules ('released' and 'corrected').
+
+The functions read the TrainConfig fields lr, lr_ratio, weight_decay and schedule of `config`.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from train_config import TrainConfig
-
 LR_DECAY_EPOCHS = 6  # the hyper-network lr is divided by 10 every 6 epochs
 LAST_EPOCH_WITH_LR_RATIO = 8  # after the update at the end of 0-based epoch 8, the lr ratio is 1
 
 
-def hyper_network_lr(config: TrainConfig, epoch: int) -> float:
+def hyper_network_lr(config, epoch: int) -> float:
     """Learning rate of the hyper-network group during `epoch` (0-based).
 
     Released rule, applied at the end of epoch t for the next one: lr / 10 ** (t // 6), times lr_ratio
@@ -31,7 +32,7 @@ def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return [p for p in model.parameters() if id(p) not in in_backbone], backbone
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, epoch: int) -> torch.optim.Adam:
+def build_optimizer(model: nn.Module, config, epoch: int) -> torch.optim.Adam:
     """The Adam optimizer in use during `epoch`: groups [hyper network, backbone].
 
     'released': the released code rebuilt Adam at the end of every epoch from the same one-shot
@@ -60,7 +61,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, epoch: int) -> torch.
         return torch.optim.Adam(groups, weight_decay=config.weight_decay)
 
 
-def advance_schedule(optimizer: torch.optim.Adam, model: nn.Module, config: TrainConfig, epoch: int) -> torch.optim.Adam:
+def advance_schedule(optimizer: torch.optim.Adam, model: nn.Module, config, epoch: int) -> torch.optim.Adam:
     """The optimizer for `epoch`, from the one used in epoch - 1 (a new one under 'released')."""
     if config.schedule == "released":
         return build_optimizer(model, config, epoch)

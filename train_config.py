@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from attacks import attack_settings
-from models import checkpoint_name
+from checkpoints import DEFAULT_FAMILY, checkpoint_name
 from nt_regularizer import DEFAULT_NT_H, DEFAULT_NT_WEIGHT, NT_MODES
 from seeding import DEFAULT_SEED
 
@@ -38,8 +38,10 @@ def resume_state_path(checkpoint_path: str | os.PathLike) -> Path:
 
 @dataclass
 class TrainConfig:
-    """Everything that decides the numbers of a training run; defaults are the released ones."""
+    """Everything that decides the numbers of a training run; defaults are HyperIQA's released ones (the
+    training script fills in a family's own, `Family.train_defaults`, for the fields not given)."""
 
+    model: str = DEFAULT_FAMILY  # the quality-model family (models.FAMILIES)
     dataset: str = "livec"
     lr: float = 2e-5  # Adam learning rate of the backbone (`res.*`, LDA layers included)
     lr_ratio: float = 10.0  # the hyper network starts at lr * lr_ratio
@@ -64,6 +66,7 @@ class TrainConfig:
     adv_label: str = "ssim"  # or 'keep'
     adv_lambda: float = DEFAULT_ADV_LAMBDA
     adv_ratio: float = DEFAULT_ADV_RATIO  # in (0, 1]
+    options: dict[str, Any] = field(default_factory=dict)  # the family's own settings (Family.options)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -107,14 +110,14 @@ class TrainConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
         """The config whose every field is the argument of the same name."""
-        return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     def checkpoint_name(self) -> str:
         """The file name of the run's best checkpoint (the released names, and the defense, see
         models.checkpoint_name)."""
         steps = self.adversarial_attack()[1] if self.adv_train != "none" else None
         return checkpoint_name(self.dataset, self.batch_size, self.if_grad, self.weight, self.h,
-                               self.adv_train, self.adv_eps, steps)
+                               self.adv_train, self.adv_eps, steps, family=self.model)
 
     def run_files(self, checkpoint_dir: str | os.PathLike) -> RunFiles:
         """The files of the run in `checkpoint_dir`, named after its best checkpoint."""

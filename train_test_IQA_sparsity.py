@@ -1,9 +1,14 @@
-"""Train and test HyperIQA, with or without NT (gradient norm regularization), as in the paper's release,
-or with adversarial training (AT), alone or with NT.
+"""Train and test a quality model (HyperIQA by default, or any family: --model), with or without NT
+(gradient norm regularization), as in the paper's release, or with adversarial training (AT), alone
+or with NT.
 
     python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/
     python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/ --if_grad
     python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/ --adv_train fgsm
+    python train_test_IQA_sparsity.py --model dbcnn --dataset livec --dataset_path /PATH/ChallengeDB_release/ --if_grad
+
+Each family trains by its released protocol (views, loss, optimizer stages, default settings: see
+the README's table of the families); a flag given on the command line overrides the family's value.
 
 Prints the released per-epoch table (Epoch, Train_Loss, Train_SRCC, Test_SRCC, Test_PLCC), the best
 SROCC/PLCC of each round and the median over rounds, and appends the same lines to a log file.
@@ -21,6 +26,7 @@ import numpy as np
 
 import distributed
 import folders
+import models
 from attacks import PGD_STEP_FRACTION, PGD_STEPS
 from cli import (CHECKPOINT_DIR, add_device_argument, fraction, nonnegative_float, nonnegative_int, positive_float,
                  positive_int, run_main)
@@ -32,6 +38,12 @@ from train_config import ADV_DIRECTIONS, ADV_LABELS, ADV_TRAIN_METHODS, SCHEDULE
 
 DEFAULTS = TrainConfig()
 SYNTHETIC_ROOT = "data/synthetic"  # where --dataset synthetic is built when no --dataset_path is given
+# Settings whose default is the family's released value (Family.train_defaults); HyperIQA's in the help.
+FAMILY_DEFAULTED = ("lr", "lr_ratio", "weight_decay", "batch_size", "epochs", "train_patch_num", "test_patch_num")
+
+
+def family_default(name: str) -> str:
+    return f"default: the family's released value (HyperIQA: {getattr(DEFAULTS, name)})"
 
 
 def hyperiqa_patch_size(text: str) -> int:
@@ -45,6 +57,8 @@ def hyperiqa_patch_size(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", choices=models.FAMILIES, default=DEFAULTS.model,
+                        help="the quality-model family to train, by its released protocol")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=DEFAULTS.dataset, choices=folders.DATASETS,
                       help="data set to train and test on (folder layouts: folders.LAYOUTS)")
@@ -55,12 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="train/test split to use instead of a seeded random one: a JSON list or a pickled list "
                            "of image indices (reference-image indices for live/csiq/tid2013), the first 80%% for "
                            "training, e.g. the paper's CLIVE_traintest_index.pkl; read without running pickle code")
-    data.add_argument("--train_patch_num", type=positive_int, default=DEFAULTS.train_patch_num,
-                      help="random patches cut from each training image per epoch")
-    data.add_argument("--test_patch_num", type=positive_int, default=DEFAULTS.test_patch_num,
-                      help="random patches cut from each test image; the image's prediction is their mean")
+    data.add_argument("--train_patch_num", type=positive_int, default=None,
+                      help="random patches (views) cut from each training image per epoch, for a family that "
+                           "crops; " + family_default("train_patch_num"))
+    data.add_argument("--test_patch_num", type=positive_int, default=None,
+                      help="random patches (views) cut from each test image; the image's prediction is their mean; "
+                           + family_default("test_patch_num"))
     data.add_argument("--patch_size", type=hyperiqa_patch_size, default=PATCH_SIZE,
-                      help="side of the square patches in pixels; HyperIQA accepts only 224")
+                      help="side of HyperIQA's square patches in pixels; HyperIQA accepts only 224")
     data.add_argument("--num_workers", type=nonnegative_int, default=DEFAULT_NUM_WORKERS,
                       help="processes that decode images ahead of the model (0: decode in the main process)")
     data.add_argument("--cache_gib", type=nonnegative_float, default=DEFAULT_CACHE_GIB,
@@ -69,14 +85,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "patches are shuffled within windows of images (said when it happens)")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--lr", type=positive_float, default=DEFAULTS.lr,
-                       help="Adam learning rate of the backbone; the hyper network starts at lr * lr_ratio")
-    train.add_argument("--lr_ratio", type=positive_float, default=DEFAULTS.lr_ratio,
-                       help="hyper-network learning rate / backbone learning rate at the start")
-    train.add_argument("--weight_decay", type=nonnegative_float, default=DEFAULTS.weight_decay,
-                       help="Adam's L2 weight decay")
-    train.add_argument("--batch_size", type=positive_int, default=DEFAULTS.batch_size, help="patches per step")
-    train.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="epochs per round")
+    train.add_argument("--lr", type=positive_float, default=None,
+                       help="learning rate (HyperIQA: of the backbone; the hyper network starts at lr * lr_ratio); "
+                            + family_default("lr"))
+    train.add_argument("--lr_ratio", type=positive_float, default=None,
+                       help="ratio of the learning rates of the family's two parameter groups (HyperIQA: hyper "
+                            "network / backbone at the start); " + family_default("lr_ratio"))
+    train.add_argument("--weight_decay", type=nonnegative_float, default=None,
+                       help="the optimizer's L2 weight decay; " + family_default("weight_decay"))
+    train.add_argument("--batch_size", type=positive_int, default=None,
+                       help="views per step; " + family_default("batch_size"))
+    train.add_argument("--epochs", type=positive_int, default=None,
+                       help="epochs per round (per stage, for a family trained in stages); " + family_default("epochs"))
     train.add_argument("--train_test_num", type=positive_int, default=DEFAULTS.train_test_num,
                        help="rounds, each on a new seeded split (the same split with --split_file); "
                             "the median of the rounds' best SROCC/PLCC is reported")
@@ -92,13 +112,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="with several processes (torchrun), BatchNorm statistics over the whole global batch "
                             "(SyncBatchNorm, CUDA only) instead of each process's share, as released")
     train.add_argument("--no_pretrained", action="store_true",
-                       help="initialize the backbone from scratch instead of with ImageNet ResNet-50 weights")
+                       help="initialize the backbone from scratch instead of with its ImageNet weights (HyperIQA: "
+                            "ResNet-50)")
     train.add_argument("--backbone_weights", default=None,
-                       help="a torchvision resnet50 state_dict file to use instead of torchvision's download/cache")
+                       help="a state_dict file of the family's ImageNet backbone (HyperIQA: torchvision's resnet50) "
+                            "to use instead of torchvision's download/cache")
 
     nt = parser.add_argument_group("NT (gradient norm regularization)")
     nt.add_argument("--if_grad", action="store_true",
-                    help="train with NT: loss = L1 + weight * penalty on the l1 norm of the input gradient")
+                    help="train with NT: loss = the family's released loss (HyperIQA: L1) + weight * penalty on the "
+                         "l1 norm of the input gradient")
     nt.add_argument("--weight", type=nonnegative_float, default=DEFAULTS.weight, help="weight of the NT penalty")
     nt.add_argument("--h", type=positive_float, default=DEFAULTS.h,
                     help="finite-difference step of the NT penalty, in normalized-input units")
@@ -137,19 +160,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--resume", nargs="?", const="", default=None, metavar="STATE",
                      help="continue an interrupted run from its resumable state (default: the one in "
                           "--checkpoint_dir for these settings); the settings must be the same (--epochs may grow)")
+    add_family_options(parser)
     return parser.parse_args(argv)
 
 
+def add_family_options(parser: argparse.ArgumentParser) -> None:
+    """The settings of each family that has its own (Family.options), one group per family."""
+    for name in models.FAMILIES:
+        family = models.get_family(name)
+        if not family.options:
+            continue
+        group = parser.add_argument_group(f"{family.display_name} only (--model {name})")
+        for option in family.options:
+            extra = {"action": option.action} if option.action else {"type": option.type}
+            group.add_argument(f"--{option.name}", default=None, help=f"{option.help} (default: {option.default})",
+                               **extra)
+
+
+def training_config(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """The run's TrainConfig (the family's released values for the FAMILY_DEFAULTED settings not given)
+    and the family's file options for its builder. ValueError for an option of another family."""
+    family = models.get_family(args.model)
+    for name in models.FAMILIES:
+        for option in models.get_family(name).options:
+            if name != args.model and getattr(args, option.name) is not None:
+                raise ValueError(f"--{option.name} applies to --model {name}, not {args.model}")
+    values = {name: getattr(args, name) for name in FAMILY_DEFAULTED}
+    values = {name: family.train_defaults.get(name, getattr(DEFAULTS, name)) if value is None else value
+              for name, value in values.items()}
+    chosen = {option.name: option.default if getattr(args, option.name) is None else getattr(args, option.name)
+              for option in family.options}
+    in_config = {option.name: chosen[option.name] for option in family.options if option.in_config}
+    builder = {option.name: chosen[option.name] for option in family.options if not option.in_config}
+    settings = {**vars(args), **values, "options": in_config}
+    return TrainConfig.from_args(argparse.Namespace(**settings)), builder
+
+
 def main(args: argparse.Namespace) -> None:
-    config = TrainConfig.from_args(args)
+    config, build_options = training_config(args)
     root = args.dataset_path or (SYNTHETIC_ROOT if args.dataset == "synthetic" else None)
     if root is None:
         raise ValueError(f"--dataset_path is required: the {args.dataset} folder, holding {folders.LAYOUTS[args.dataset]}")
     with distributed.process_group(args.device) as processes:
-        run(args, config, root, processes)
+        run(args, config, root, processes, build_options)
 
 
-def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: distributed.Processes) -> None:
+def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: distributed.Processes,
+        build_options: dict | None = None) -> None:
     """The training run of this process; rank 0 alone prints the table and writes the log."""
     check_global_batch(config.batch_size, processes.world_size)  # before any work
     samples = distributed.main_first(processes, lambda: folders.list_samples(args.dataset, root, args.seed))
@@ -170,6 +227,10 @@ def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: dis
 
         if processes.launched:
             log(f"Processes: {processes.world_size}")
+        if config.model != DEFAULTS.model:
+            family = models.get_family(config.model)
+            log(f"Model: {family.display_name} ({family.paper})"
+                + "".join(f", {key} {value}" for key, value in config.options.items()))
         log("Dataset: %s, Batch Size: %i, If Grad: %s, Weight: %e, Schedule: %s, Images: %d, Device: %s."
             % (config.dataset, config.batch_size, config.if_grad, config.weight, config.schedule, len(samples),
                processes.device))
@@ -180,7 +241,8 @@ def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: dis
                               config.adv_lambda, config.adv_ratio))
         results = train_and_test(config, samples, processes, args.checkpoint_dir, split_file=args.split_file,
                                  pretrained=not args.no_pretrained, backbone_weights=args.backbone_weights,
-                                 num_workers=args.num_workers, cache_gib=args.cache_gib, resume=resume, log=log)
+                                 num_workers=args.num_workers, cache_gib=args.cache_gib, resume=resume, log=log,
+                                 build_options=build_options)
         srcc_all, plcc_all = np.array(results).T
         log("Testing median SRCC %4.4f,\tmedian PLCC %4.4f" % (np.median(srcc_all), np.median(plcc_all)))
         if processes.is_main:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import models
 from tests import recipe
 
@@ -16,7 +17,7 @@ def hyperiqa_checkpoint(tmp_path_factory) -> Path:
     """A freshly initialized HyperIQA saved as {'model': state_dict, 'optimizer': None}."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("checkpoints") / "hyperiqa.pth"
-    models.save_checkpoint(path, models.HyperIQA())
+    checkpoints.save_checkpoint(path, models.HyperIQA())
     return path
 
 

@@ -33,7 +33,7 @@ import evaluate_robustness  # noqa: E402
 import HyperIQASolver  # noqa: E402
 import models  # noqa: E402
 import train_test_IQA_sparsity  # noqa: E402
-from tests.stand_in import StandInScoreModel  # noqa: E402
+from tests.stand_in import StandInScoreModel, stand_in_quality_model  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -84,11 +84,12 @@ def gradients_of_each_step(out: str, batch_size: int, dataset_csv: str, counts: 
         optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
         steps = []
         for count in counts:
-            loader = make_train_loader(samples[:count], "csv", 1, batch_size, rank=processes.rank,
+            family = models.get_family("hyperiqa")
+            loader = make_train_loader(samples[:count], "csv", family.views("csv", True, 1), batch_size, rank=processes.rank,
                                        world_size=processes.world_size)
             for step, (images, mos, index) in enumerate(loader.batches(0)):
                 share = HyperIQASolver.loss_share(index, loader.global_batch_length(step), processes.world_size)
-                HyperIQASolver.train_step(model, optimizer, images.double(), mos.double(), config, share)
+                HyperIQASolver.train_step(model, family, optimizer, images.double(), mos.double(), config, share)
                 steps.append([p.grad.clone() for p in network.parameters()])
         if processes.is_main:
             torch.save(steps, out)
@@ -99,11 +100,11 @@ if __name__ == "__main__":
     if command == "gradients":
         gradients_of_each_step(rest[0], int(rest[1]), rest[2], [int(count) for count in rest[3:]])
     elif command == "evaluate":
-        models.load_hyperiqa = lambda path, device: StandInScoreModel().to(device).eval()
+        models.load_model = lambda path, family, device: stand_in_quality_model().to(device).eval()
         sys.argv = ["evaluate_robustness.py", *rest]
         cli.run_main(evaluate_robustness.main, evaluate_robustness.parse_args(rest))
     else:
-        HyperIQASolver.build_model = lambda **kwargs: HarnessStandIn()
+        HyperIQASolver.build_network = lambda *args, **kwargs: HarnessStandIn()
         ask_to_stop_after_an_epoch()
         sys.argv = ["train_test_IQA_sparsity.py", *rest]
         cli.run_main(train_test_IQA_sparsity.main, train_test_IQA_sparsity.parse_args(rest))

@@ -2,6 +2,9 @@
 import torch
 from torch import nn
 
+import models
+from families.base import QualityModel
+
 
 class StandInScoreModel(nn.Module):
     """Normalized images (B, 3, H, W) -> scores (B,) around 50, `spread` wide.
@@ -26,3 +29,9 @@ class StandInScoreModel(nn.Module):
             if self.poison is not None and self.training_forwards > self.poison_after:
                 scores = scores * self.poison
         return scores
+
+
+def stand_in_quality_model(**settings) -> QualityModel:
+    """The stand-in behind HyperIQA's normalization, as a quality model (pixels -> scores) of the
+    HyperIQA family: what the attacks and the evaluation take."""
+    return models.get_family("hyperiqa").quality_model(StandInScoreModel(**settings))

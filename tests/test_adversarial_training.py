@@ -12,22 +12,23 @@ import torch
 import torch.nn.functional as F
 
 import attacks
+import checkpoints
 import folders
 import HyperIQASolver as HyperIQASolver_module
 import models
 import train_test_IQA_sparsity
-from adversarial_training import (adversarial_batch, adversarial_count, attack_middle, corrected_labels,
-                                  normalized_to_pixels)
-from data_loader import make_train_loader
-from HyperIQASolver import HyperIQASolver, StopRequest, build_optimizer, load_training_state, round_loaders, train_step
+from adversarial_training import adversarial_batch, adversarial_count, attack_middle, corrected_labels
+from HyperIQASolver import HyperIQASolver, StopRequest, load_training_state, round_loaders, train_step
+from schedule import build_optimizer
 from nt_regularizer import nt_loss
 from splits import split_samples
 from ssim import ssim
 from tests import fake_datasets
-from tests.stand_in import StandInScoreModel
+from tests.stand_in import StandInScoreModel, stand_in_quality_model
 from tests.test_reliability import TINY_TRAINING, run_main
 from train_config import RunFiles, TrainConfig
 
+HYPERIQA = models.get_family("hyperiqa")
 EPS_TOLERANCE = 1e-6  # float32 rounding of a pixel moved by eps and clipped
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # Wang et al.'s constants for a dynamic range of 1
 
@@ -46,8 +47,8 @@ def uint8_batch(count: int, side: int, seed: int, smooth: bool = False) -> torch
 
 
 def as_loaded(pixels_uint8: torch.Tensor) -> torch.Tensor:
-    """Normalized patches exactly as data_loader makes them from uint8 patches."""
-    return models.normalize(pixels_uint8.float().div_(255.0))
+    """Pixels exactly as data_loader makes them from uint8 patches."""
+    return pixels_uint8.float().div_(255.0)
 
 
 # -- SSIM
@@ -94,17 +95,6 @@ def test_ssim_is_wang_et_al_computed_independently():
 # -- the adversarial batch
 
 
-def test_loader_patches_map_back_to_their_pixels_exactly(tmp_path):
-    fake_datasets.make_csv(tmp_path, count=3)
-    loader = make_train_loader(folders.list_samples("csv", tmp_path), "csv", patch_num=1, batch_size=3)
-    images, _, index = next(loader.batches(epoch=0))
-    patches = torch.stack([loader.patches_of(i, epoch=0)[0] for i in index.tolist()])  # the batch's uint8 patches
-    pixels = normalized_to_pixels(images)
-    assert torch.equal(pixels * 255, patches.float()) and torch.equal(models.normalize(pixels), images)
-    every_level = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
-    assert torch.equal(normalized_to_pixels(as_loaded(every_level)), every_level.float() / 255)
-
-
 def test_adversarial_count_rounds_halves_up_and_keeps_at_least_one():
     cases = {(16, 0.5): 8, (15, 0.5): 8, (1, 0.5): 1, (10, 0.3): 3, (2, 0.01): 1, (3, 1.0): 3, (4, 0.6): 2}
     assert {case: adversarial_count(*case) for case in cases} == cases
@@ -112,34 +102,34 @@ def test_adversarial_count_rounds_halves_up_and_keeps_at_least_one():
 
 @pytest.mark.parametrize("method", ["fgsm", "pgd"])
 def test_adversarial_batches_stay_within_eps_and_in_range(method):
-    model = StandInScoreModel(spread=200.0).train()
+    model = stand_in_quality_model(spread=200.0).train()
     clean_uint8 = uint8_batch(5, 16, seed=1)
     images, mos = as_loaded(clean_uint8), torch.tensor([10.0, 30.0, 50.0, 70.0, 90.0])
     config = TrainConfig(dataset="csv", adv_train=method, adv_eps=8 / 255, adv_ratio=0.6, adv_steps=None)
-    batch = adversarial_batch(model, images, mos, config, torch.Generator().manual_seed(2))
-    adversarial = models.denormalize(batch.images[:batch.count])
+    batch = adversarial_batch(model, images, mos, config, (0.0, 100.0), torch.Generator().manual_seed(2))
+    adversarial = batch.pixels[:batch.count]
     change = adversarial - clean_uint8[:3].float() / 255
     assert batch.count == 3 and model.training  # the attack restored train mode
     assert change.abs().max() <= 8 / 255 + EPS_TOLERANCE and change.abs().max() > 7 / 255
     assert adversarial.min() >= -EPS_TOLERANCE and adversarial.max() <= 1 + EPS_TOLERANCE
-    assert torch.equal(batch.images[3:], images[3:]) and torch.equal(batch.labels[3:], mos[3:])  # the clean share
+    assert torch.equal(batch.pixels[3:], images[3:]) and torch.equal(batch.labels[3:], mos[3:])  # the clean share
     assert (batch.labels[:3] < mos[:3]).all() and batch.similarity.shape == (3,)
 
 
 def test_up_raises_every_score_and_away_pushes_from_the_middle():
-    model = StandInScoreModel(spread=200.0).eval()
+    model = stand_in_quality_model(spread=200.0).eval()
     images, mos = as_loaded(uint8_batch(6, 16, seed=3)), torch.full((6,), 50.0)
     with torch.no_grad():  # centre the scores on the middle of the range, 50
-        model.head.bias -= (model(images).median() - 50 + 0.01) / model.spread
+        model.network.head.bias -= (model(images).median() - 50 + 0.01) / model.network.spread
     clean_scores = model(images).detach()
     assert (clean_scores > 50).any() and (clean_scores < 50).any()
     for direction in ("up", "away"):
         config = TrainConfig(dataset="csv", adv_train="fgsm", adv_ratio=1.0, adv_direction=direction)
-        moved = model(adversarial_batch(model, images, mos, config).images).detach() - clean_scores
+        moved = model(adversarial_batch(model, images, mos, config, (0.0, 100.0)).pixels).detach() - clean_scores
         expected = torch.ones(6) if direction == "up" else torch.where(clean_scores > 50, -1.0, 1.0)
         assert torch.equal(torch.sign(moved), expected)
-    assert attack_middle("away", "bid") == 2.5 and attack_middle("up", "livec") == math.inf
-    assert attack_middle("up", "csiq") == -math.inf  # a DMOS: higher quality is a lower score
+    assert attack_middle("away", "bid", (0.0, 5.0)) == 2.5 and attack_middle("up", "livec", (0.0, 100.0)) == math.inf
+    assert attack_middle("up", "csiq", (0.0, 1.0)) == -math.inf  # a DMOS: higher quality is a lower score
 
 
 def test_the_label_correction_by_hand():
@@ -167,10 +157,10 @@ def test_an_at_step_follows_its_loss_and_lowers_the_loss_on_its_adversarial_exam
     images, pixels = as_loaded(clean_uint8), clean_uint8.float() / 255
     model, reference = StandInScoreModel().train(), StandInScoreModel().train()
 
-    adversarial = attacks.fgsm(reference, pixels[:2], eps=16 / 255, middle=50.0).adversarial
+    adversarial = attacks.fgsm(HYPERIQA.quality_model(reference), pixels[:2], eps=16 / 255, middle=50.0).adversarial
     labels = (mos[:2] - (1 - ssim(pixels[:2], adversarial)) * 100).clamp(0, 100)
     assert (mos[:2] - labels).min() > 1  # the correction matters
-    mixed, targets = torch.cat([models.normalize(adversarial), images[2:]]), torch.cat([labels, mos[2:]])
+    mixed, targets = models.normalize(torch.cat([adversarial, pixels[2:]])), torch.cat([labels, mos[2:]])
 
     def loss_of(net):
         return nt_loss(net, mixed, targets, weight=0.5).total if if_grad else F.l1_loss(net(mixed), targets)
@@ -178,7 +168,7 @@ def test_an_at_step_follows_its_loss_and_lowers_the_loss_on_its_adversarial_exam
     loss = loss_of(reference)
     expected, before = torch.autograd.grad(loss, list(reference.parameters())), loss.item()
     optimizer = build_optimizer(model, config, 0)
-    value, scores = train_step(model, optimizer, images, mos, config)
+    value, scores = train_step(model, HYPERIQA, optimizer, images, mos, config)
     assert value == pytest.approx(before, rel=1e-5) and scores.shape == (4,)
     for param, grad in zip(model.parameters(), expected):
         torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6)
@@ -226,10 +216,10 @@ def test_checkpoint_names_say_the_defense():
     assert (TrainConfig(adv_train="pgd", if_grad=True, adv_eps=8 / 255).checkpoint_name()
             == "livec_bs16_grad[1]_weight[0.001]_h[0.01]_adv[pgd10-0.0314].pth")
     assert TrainConfig(adv_train="pgd", adv_steps=3).checkpoint_name().endswith("_adv[pgd3-0.0157].pth")
-    assert models.checkpoint_name("koniq-10k", 8, False, adv_train="fgsm", adv_eps=0.03) == \
+    assert checkpoints.checkpoint_name("koniq-10k", 8, False, adv_train="fgsm", adv_eps=0.03) == \
         "koniq-10k_bs8_grad[0]_weight[0.0]_adv[fgsm-0.0300].pth"
     with pytest.raises(ValueError, match="needs fgsm and eps, or pgd, eps and steps"):
-        models.checkpoint_name("livec", 16, False, adv_train="pgd", adv_eps=0.01)
+        checkpoints.checkpoint_name("livec", 16, False, adv_train="pgd", adv_eps=0.01)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -252,11 +242,11 @@ def test_the_flags_are_the_config_fields():
     args = train_test_IQA_sparsity.parse_args(
         ["--adv_train", "pgd", "--adv_eps", "0.03", "--adv_steps", "3", "--adv_alpha", "0.01", "--adv_direction", "up",
          "--adv_label", "keep", "--adv_lambda", "0.5", "--adv_ratio", "0.25"])
-    config = TrainConfig.from_args(args)
+    config, _ = train_test_IQA_sparsity.training_config(args)
     assert (config.adv_train, config.adv_eps, config.adv_steps, config.adv_alpha, config.adv_direction,
             config.adv_label, config.adv_lambda, config.adv_ratio) == ("pgd", 0.03, 3, 0.01, "up", "keep", 0.5, 0.25)
     assert config.adversarial_attack() == (0.01, 3)
-    assert TrainConfig.from_args(train_test_IQA_sparsity.parse_args([])).adv_train == "none"
+    assert train_test_IQA_sparsity.training_config(train_test_IQA_sparsity.parse_args([]))[0] == TrainConfig()
 
 
 class StopAfterTheFirstStep(StopRequest):

@@ -6,7 +6,7 @@ import torch
 import attacks
 import models
 from tests import recipe
-from tests.stand_in import StandInScoreModel
+from tests.stand_in import StandInScoreModel, stand_in_quality_model
 
 PIXEL_TOL = 1e-6
 FIXTURE_RTOL = 1e-4  # float32 against the float32 fixture
@@ -14,9 +14,12 @@ FLOAT64_RTOL = 1e-8  # float64 against the float64 fixture, any CPU
 FGSM_ATOL = {1: 1e-5, 10: 5e-4}  # score units, float64; fixtures README: ~1e-4 after 10 steps on any CPU
 
 
+HYPERIQA = models.get_family("hyperiqa")
+
+
 @pytest.fixture
 def model():
-    return StandInScoreModel()
+    return stand_in_quality_model()
 
 
 @pytest.fixture
@@ -98,14 +101,14 @@ def every_attack(model, pixels, middle, seed: int = 0) -> dict[str, torch.Tensor
 
 
 def test_every_attack_moves_every_score_the_chosen_way_on_a_smooth_model(pixels):
-    model = StandInScoreModel(spread=MASKING_SPREAD)
+    model = stand_in_quality_model(spread=MASKING_SPREAD)
     middle = attacks.score_patches(model, pixels).median().item()  # some patches pushed down, some up
     for name, adversarial in every_attack(model, pixels, middle).items():
         assert (directed_change(model, pixels, adversarial, middle) > 0).all(), name
 
 
 def test_gradient_attacks_are_stopped_by_a_masked_gradient_and_the_square_attack_is_not(pixels):
-    model = RoundingScoreModel(spread=MASKING_SPREAD)
+    model = HYPERIQA.quality_model(RoundingScoreModel(spread=MASKING_SPREAD))
     middle = attacks.score_patches(model, pixels).median().item()
     adversarial = every_attack(model, pixels, middle)
     for name in ("fgsm", "ifgsm", "mifgsm"):  # a zero gradient has no sign: not a pixel moves
@@ -125,7 +128,7 @@ def test_square_attack_spends_its_queries_on_all_images_at_once(pixels):
             calls.append(len(x))
             return super().forward(x)
 
-    attacks.square(CountingModel(), pixels, eps=0.03, queries=7, generator=torch.Generator().manual_seed(0),
+    attacks.square(HYPERIQA.quality_model(CountingModel()), pixels, eps=0.03, queries=7, generator=torch.Generator().manual_seed(0),
                    chunk_size=len(pixels))
     assert calls == [len(pixels)] * (1 + 7)  # the clean scores, the stripes, 6 windows
 
@@ -220,7 +223,7 @@ def test_attack_uses_eval_mode_batchnorm(model, pixels):
     clean = attacks.iterative_fgsm(model, pixels, steps=1).clean_scores
     model.eval()
     with torch.no_grad():
-        expected = model(models.normalize(pixels))
+        expected = model.network(models.normalize(pixels))
     torch.testing.assert_close(clean, expected)
 
 
@@ -228,7 +231,7 @@ def test_gradient_norm_is_the_l1_norm_in_normalized_input_space(model, pixels):
     scores, norms = attacks.scores_and_gradient_norms(model, pixels, chunk_size=4)
     model.eval()
     normalized = models.normalize(pixels).requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(normalized).sum(), normalized)
+    (grad,) = torch.autograd.grad(model.network(normalized).sum(), normalized)
     torch.testing.assert_close(norms, grad.abs().sum(dim=(1, 2, 3)))
     torch.testing.assert_close(scores, attacks.score_patches(model, pixels, chunk_size=1))
 
@@ -300,7 +303,7 @@ def test_scores_and_gradient_norms_match_the_release(recipe_models, variant):
 def test_iterative_fgsm_matches_the_release_in_float64(variant, steps):
     # One batch of the three images: the release attacked them one at a time, and batching must not
     # change the result. Float64, so that the result holds on any CPU (tests/fixtures/README.md).
-    model = recipe.recipe_model_float64(recipe.OFFSETS[variant]).eval()
+    model = HYPERIQA.quality_model(recipe.recipe_model_float64(recipe.OFFSETS[variant])).eval()
     expected = recipe.reference_float64()["variants"][variant]["fgsm_pixel_space"]
     result = attacks.iterative_fgsm(model, recipe.recipe_pixels().double(), eps=0.03, alpha=0.01, steps=steps)
     attacked = attacks.score_patches(model, result.adversarial)

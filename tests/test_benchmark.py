@@ -13,15 +13,15 @@ import data_loader
 import models
 import released_reference
 from images import image_to_tensor, load_image
-from patches import cut_patch
-from tests.stand_in import StandInScoreModel
+from tests.stand_in import stand_in_quality_model
+from views import cut_view
 
 MAIN = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def model():
-    return StandInScoreModel(spread=200.0).eval()
+    return stand_in_quality_model(spread=200.0).eval()
 
 
 @pytest.fixture
@@ -30,13 +30,14 @@ def pixels():
 
 
 def test_released_loops_compute_what_ours_compute(model, pixels):
-    torch.testing.assert_close(released_reference.released_scores(model, pixels), attacks.score_patches(model, pixels))
+    network = model.network  # the released loops normalize for themselves
+    torch.testing.assert_close(released_reference.released_scores(network, pixels), attacks.score_patches(model, pixels))
     _, norms = attacks.scores_and_gradient_norms(model, pixels)
-    torch.testing.assert_close(released_reference.released_gradient_norms(model, pixels), norms)
+    torch.testing.assert_close(released_reference.released_gradient_norms(network, pixels), norms)
     middle = attacks.score_patches(model, pixels).median().item()  # some patches pushed down, some up
     for steps in (1, 10):
         ours = attacks.iterative_fgsm(model, pixels, steps=steps, middle=middle)
-        released = released_reference.released_iterative_fgsm(model, pixels, steps, middle=middle)
+        released = released_reference.released_iterative_fgsm(network, pixels, steps, middle=middle)
         torch.testing.assert_close(released, ours.adversarial)
         assert (released - pixels).abs().max() > 0.009
 
@@ -60,14 +61,14 @@ def test_released_loader_and_ours_cut_exact_crops_of_the_same_decoded_images(tmp
         assert mos == samples[k // benchmark.PATCHES_PER_IMAGE].mos
 
     decodes = []
-    loader = data_loader.make_train_loader(samples, "livec", benchmark.PATCHES_PER_IMAGE, 4,
+    views = models.get_family("hyperiqa").views("livec", True, benchmark.PATCHES_PER_IMAGE)
+    loader = data_loader.make_train_loader(samples, "livec", views, 4,
                                            decode=lambda path: decodes.append(path) or load_image(path))
     seen = {0: 0, 1: 0}
     for images, _, index in loader.batches(0):
         for patch, i in zip(images, index.tolist()):
             boxes = loader.crop_boxes(i, 0)
-            matches = [torch.allclose(patch, models.normalize(cut_patch(decoded[i], box, side)[None])[0], atol=1e-5)
-                       for box in boxes]
+            matches = [torch.allclose(patch, cut_view(decoded[i], box, views), atol=1e-5) for box in boxes]
             assert any(matches)
             seen[i] += 1
     assert seen == {0: benchmark.PATCHES_PER_IMAGE, 1: benchmark.PATCHES_PER_IMAGE} and len(decodes) == 2

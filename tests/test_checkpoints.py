@@ -5,6 +5,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
+import checkpoints
 import models
 from tests import recipe
 
@@ -45,7 +46,7 @@ def test_dataparallel_prefix_is_stripped(tmp_path, recipe_model):
 
 def test_save_checkpoint_writes_the_nt_release_form_atomically(tmp_path, recipe_model):
     path = tmp_path / "sub" / "ckpt.pth"
-    models.save_checkpoint(path, recipe_model, None, epoch=3, best_srocc=0.5)
+    checkpoints.save_checkpoint(path, recipe_model, None, epoch=3, best_srocc=0.5)
     payload = torch.load(path, weights_only=True)
     assert set(payload) == {"model", "optimizer", "epoch", "best_srocc"}
     assert payload["epoch"] == 3
@@ -55,7 +56,7 @@ def test_save_checkpoint_writes_the_nt_release_form_atomically(tmp_path, recipe_
 
 def test_save_checkpoint_failure_keeps_the_previous_file(tmp_path, recipe_model, monkeypatch):
     path = tmp_path / "ckpt.pth"
-    models.save_checkpoint(path, recipe_model)
+    checkpoints.save_checkpoint(path, recipe_model)
     before = path.read_bytes()
 
     def disk_full(obj, f):
@@ -64,7 +65,7 @@ def test_save_checkpoint_failure_keeps_the_previous_file(tmp_path, recipe_model,
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
-        models.save_checkpoint(path, recipe_model)
+        checkpoints.save_checkpoint(path, recipe_model)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["ckpt.pth"]
 
@@ -75,7 +76,7 @@ def test_wrong_architecture_lists_missing_and_unexpected_keys(tmp_path, recipe_m
     state["extra.head.weight"] = torch.zeros(2)
     path = tmp_path / "other.pth"
     torch.save({"model": state}, path)
-    with pytest.raises(models.CheckpointError) as info:
+    with pytest.raises(checkpoints.CheckpointError) as info:
         models.load_hyperiqa(path)
     message = str(info.value)
     assert "1 missing keys: fc5b_fc.bias" in message
@@ -87,22 +88,22 @@ def test_shape_mismatch_is_reported(tmp_path, recipe_model):
     state["fc5b_fc.weight"] = torch.zeros(2, 112)
     path = tmp_path / "shape.pth"
     torch.save(state, path)
-    with pytest.raises(models.CheckpointError, match=r"fc5b_fc.weight \(2, 112\) != \(1, 112\)"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"fc5b_fc.weight \(2, 112\) != \(1, 112\)"):
         models.load_hyperiqa(path)
 
 
 def test_missing_checkpoint_says_where_released_ones_go(tmp_path):
-    with pytest.raises(models.CheckpointError, match="checkpoint not found.*checkpoints/"):
-        models.read_checkpoint_state(tmp_path / "nope.pth")
+    with pytest.raises(checkpoints.CheckpointError, match="checkpoint not found.*checkpoints/"):
+        models.load_model(tmp_path / "nope.pth")
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, recipe_model):
     path = tmp_path / "cut.pth"
-    models.save_checkpoint(path, recipe_model)
+    checkpoints.save_checkpoint(path, recipe_model)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(models.CheckpointError, match="cannot read checkpoint"):
-        models.read_checkpoint_state(path)
+    with pytest.raises(checkpoints.CheckpointError, match="cannot read checkpoint"):
+        checkpoints.read_checkpoint(path)
 
 
 class _RunsCode:
@@ -114,11 +115,11 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _RunsCode()}, path)
-    with pytest.raises(models.CheckpointError, match="refused"):
-        models.read_checkpoint_state(path)
+    with pytest.raises(checkpoints.CheckpointError, match="refused"):
+        checkpoints.read_checkpoint(path)
     assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
 
 
 def test_checkpoint_names_are_the_released_ones():
-    assert models.checkpoint_name("livec", 16, False) == "livec_bs16_grad[0]_weight[0.0].pth"
-    assert models.checkpoint_name("livec", 16, True, 1e-3, 0.01) == "livec_bs16_grad[1]_weight[0.001]_h[0.01].pth"
+    assert checkpoints.checkpoint_name("livec", 16, False) == "livec_bs16_grad[0]_weight[0.0].pth"
+    assert checkpoints.checkpoint_name("livec", 16, True, 1e-3, 0.01) == "livec_bs16_grad[1]_weight[0.001]_h[0.01].pth"

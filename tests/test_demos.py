@@ -12,10 +12,12 @@ import FGSM_demo
 import models
 import plots
 from images import image_to_tensor, load_image, tensor_to_image
-from patches import image_patches
+from views import image_views
 from tests import recipe
 from tests.stand_in import StandInScoreModel
 from tests.test_reliability import run_main, write_png
+
+HYPERIQA = models.get_family("hyperiqa")
 
 RTOL = 1e-4
 PRINT_ATOL = 5e-5  # the quality demo prints 4 decimals
@@ -60,7 +62,8 @@ def test_fgsm_demo_prints_and_saves_what_the_attack_gives(tmp_path, recipe_check
 
 def test_fgsm_demo_draws_clean_adversarial_and_perturbation_of_up_to_four_patches(tmp_path, capsys, monkeypatch):
     patch_num, rows = 5, plots.MAX_COMPARISON_PATCHES  # one row per patch, at most 4
-    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: StandInScoreModel().eval())
+    stand_in = HYPERIQA.quality_model(StandInScoreModel().eval())
+    monkeypatch.setattr(models, "load_model", lambda path, family, device: stand_in)
     image = write_png(tmp_path / "photo.png", size=(260, 240))
     common = ["--img_name", image, "--checkpoint", "model.pth", "--patch_num", patch_num, "--device", "cpu"]
     status, stdout, stderr = run_main(FGSM_demo, common + ["--save_dir", tmp_path / "adv"], capsys, monkeypatch)
@@ -106,7 +109,7 @@ def test_quality_demo_regenerates_crops_then_reuses_them(tmp_path, hyperiqa_chec
               "--baseline_checkpoint", hyperiqa_checkpoint, "--nt_checkpoint", hyperiqa_checkpoint, "--device", "cpu"]
     (first,) = run_cli(common + ["--regenerate_crops", "--seed", "5"])
     assert first.returncode == 0, first.stderr
-    expected = image_patches(image, 2, models.PATCH_SIZE, torch.Generator().manual_seed(5))
+    expected = image_views(image, HYPERIQA.views(None, False, 2), torch.Generator().manual_seed(5))
     saved = torch.stack([image_to_tensor(load_image(crops / f"photo_{i}.bmp")) for i in range(2)])
     assert torch.equal(saved, expected)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data_loader
+import checkpoints
 import folders
 import HyperIQASolver
 import models
@@ -24,7 +25,7 @@ TABLE_HEADER = "Epoch\tTrain_Loss\tTrain_SRCC\tTest_SRCC\tTest_PLCC"
 # 8 training images x 2 patches, global batches of 4: 4 steps per epoch, 2 patches per process
 TINY = ["--no_pretrained", "--train_patch_num", "2", "--test_patch_num", "1", "--batch_size", "4", "--device", "cpu",
         "--if_grad"]
-NAME = models.checkpoint_name("livec", 4, True, 1e-3, 1e-2)
+NAME = checkpoints.checkpoint_name("livec", 4, True, 1e-3, 1e-2)
 TIMEOUT = 240
 
 
@@ -62,8 +63,10 @@ def test_nt_gradients_of_two_processes_are_those_of_one_process_on_the_global_ba
     optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
     one_process = []
     for count in (7, 9):
-        for images, mos, _ in data_loader.make_train_loader(samples[:count], "csv", 1, 4).batches(0):
-            HyperIQASolver.train_step(network, optimizer, images.double(), mos.double(), config)
+        views = models.get_family("hyperiqa").views("csv", True, 1)
+        for images, mos, _ in data_loader.make_train_loader(samples[:count], "csv", views, 4).batches(0):
+            HyperIQASolver.train_step(network, models.get_family("hyperiqa"), optimizer, images.double(), mos.double(),
+                                      config)
             one_process.append([p.grad.clone() for p in network.parameters()])
     assert len(two_processes) == len(one_process) == 5
     for step, (ours, reference) in enumerate(zip(two_processes, one_process)):
@@ -80,7 +83,7 @@ def test_two_processes_print_one_table_and_resume_after_ctrl_c_to_the_same_check
     assert [row.split("\t")[0] for row in table(whole.stdout)[1:]] == ["1", "2", "3"]
     assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == sorted(
         [NAME, NAME.replace(".pth", ".resume.pth"), NAME.replace(".pth", ".log")])
-    models.load_checkpoint(StandInScoreModel(), tmp_path / "whole" / NAME)  # strict: plain keys, no 'module.'
+    checkpoints.load_state_strictly(StandInScoreModel(), checkpoints.read_checkpoint(tmp_path / "whole" / NAME).state, tmp_path / "whole" / NAME)  # strict: plain keys, no 'module.'
 
     # Ctrl-C to torchrun in epoch 2: one resumable state, every process stops
     slow = environment(HARNESS_FORWARD_SECONDS="0.2")  # Ctrl-C lands in epoch 2, step 2
@@ -147,4 +150,5 @@ def test_batches_of_several_processes_deal_every_entry_once():
     assert HyperIQASolver.loss_share(index, 1, 2) == 0.0
     assert HyperIQASolver.loss_share(torch.tensor([3, 4]), 3, 2) == pytest.approx(4 / 3)
     with pytest.raises(ValueError, match="--batch_size 6 is the batch over all 4 processes"):
-        data_loader.PatchLoader([], "csv", 1, 6, train=True, world_size=4)
+        data_loader.ViewLoader([], "csv", models.get_family("hyperiqa").views("csv", True, 1), 6, train=True,
+                               world_size=4)

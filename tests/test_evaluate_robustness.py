@@ -18,6 +18,8 @@ from splits import split_samples
 from tests.stand_in import StandInScoreModel
 from tests.test_reliability import run_main
 
+HYPERIQA = models.get_family("hyperiqa")
+
 def make_csv_dataset(folder, count: int) -> tuple:
     """`count` noise images of 240x232 pixels (smoother ones get a higher MOS) and labels.csv."""
     folder.mkdir()
@@ -98,7 +100,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_a_sweep_gives_integral_scores_and_plots_and_no_plot_skips_them(tmp_path, capsys, monkeypatch):
     labels, _ = make_csv_dataset(tmp_path / "set", 3)
     spreads = {"smooth": 20.0, "steep": 200.0}  # two stand-in "checkpoints" of different sensitivity
-    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: StandInScoreModel(spreads[Path(path).stem]).eval())
+    monkeypatch.setattr(models, "load_model", lambda path, family, device:
+                        HYPERIQA.quality_model(StandInScoreModel(spreads[Path(path).stem]).eval()))
     out = tmp_path / "out"
     argv = ["--dataset", "csv", "--dataset_path", labels, "--split", "all", "--checkpoint", "smooth.pth", "steep.pth",
             "--attack", "fgsm", "square", "--eps", "0.02", "0.01", "--queries", "3", "--patch_num", "1",

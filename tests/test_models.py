@@ -70,7 +70,7 @@ def test_channels_last_placement_keeps_the_released_numbers(pixels):
 
 
 def test_models_for_training_and_for_the_demos_are_placed_channels_last(hyperiqa_checkpoint):
-    for model in (models.build_model(), models.load_hyperiqa(hyperiqa_checkpoint)):
+    for model in (models.build_model(), models.load_hyperiqa(hyperiqa_checkpoint).network):
         assert model.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
         assert model.res.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 

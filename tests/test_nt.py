@@ -39,7 +39,7 @@ def test_shared_forward_gives_the_weight_gradients_of_the_three_pass_release(sta
     g_released = _weight_gradients(stand_in, released.total)
     assert ((g_ours - g_released).norm() / g_released.norm()).item() < GRAD_RTOL
     # the penalty really contributes: without it the gradients differ far beyond the tolerance
-    g_plain = _weight_gradients(stand_in, nt_loss(stand_in, images, mos).l1)
+    g_plain = _weight_gradients(stand_in, nt_loss(stand_in, images, mos).released)
     assert ((g_plain - g_released).norm() / g_released.norm()).item() > 1e6 * GRAD_RTOL
 
 
@@ -85,8 +85,8 @@ def test_total_is_l1_plus_weighted_penalty_and_scores_are_the_clean_ones():
     loss = nt_loss(model, x, mos, weight=0.25, h=0.1)
     clean = model(x).detach()
     torch.testing.assert_close(loss.scores.detach(), clean)
-    assert loss.l1.item() == pytest.approx((clean - mos).abs().mean().item(), rel=1e-6)
-    assert loss.total.item() == pytest.approx(loss.l1.item() + 0.25 * loss.penalty.item(), rel=1e-6)
+    assert loss.released.item() == pytest.approx((clean - mos).abs().mean().item(), rel=1e-6)
+    assert loss.total.item() == pytest.approx(loss.released.item() + 0.25 * loss.penalty.item(), rel=1e-6)
 
 
 def test_invalid_mode_and_step_are_rejected():
@@ -106,7 +106,7 @@ def test_one_nt_step_gives_the_released_gradient_of_every_parameter_in_float64(m
     images = models.normalize(recipe.recipe_pixels().double())
     loss = nt_loss(model, images, torch.tensor(step["mos"], dtype=torch.float64), step["weight"], step["h"])
     loss.total.backward()
-    for value, name in ((loss.total, "loss"), (loss.l1, "l1"), (loss.penalty, "penalty")):
+    for value, name in ((loss.total, "loss"), (loss.released, "l1"), (loss.penalty, "penalty")):
         assert value.item() == pytest.approx(expected[name], rel=NT_STEP_RTOL)
     norms = {name: param.grad.norm().item() for name, param in model.named_parameters()}
     assert set(norms) == set(expected["grad_l2_norm"])

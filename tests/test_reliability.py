@@ -20,6 +20,7 @@ from PIL import Image
 import cli
 import evaluate_robustness
 import FGSM_demo
+import checkpoints
 import folders
 import HyperIQASolver
 import images
@@ -30,6 +31,8 @@ from splits import split_samples
 from tests import fake_datasets
 from tests.stand_in import StandInScoreModel
 from train_config import TrainConfig, resume_state_path
+
+HYPERIQA = models.get_family("hyperiqa")
 
 RTOL = 1e-4
 TINY_TRAINING = ["--no_pretrained", "--train_patch_num", "1", "--test_patch_num", "1", "--batch_size", "2",
@@ -65,7 +68,7 @@ def write_png(path, side: int = 224, seed: int = 0, size: tuple[int, int] | None
 
 def use_model(monkeypatch, model: torch.nn.Module) -> None:
     """Make the training script train `model` instead of a fresh HyperIQA."""
-    monkeypatch.setattr(HyperIQASolver, "build_model", lambda **kwargs: model)
+    monkeypatch.setattr(HyperIQASolver, "build_network", lambda *args, **kwargs: model)
 
 
 # -- images
@@ -148,12 +151,13 @@ def test_every_mode_trains_through_the_command_line(tmp_path, capsys, monkeypatc
 
 def test_an_image_smaller_than_a_patch_stops_unless_upscaling_is_asked(tmp_path, capsys, monkeypatch):
     image = write_png(tmp_path / "small.png", size=(300, 200))  # width x height
-    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: StandInScoreModel().eval())  # any score model will do
+    any_score_model = HYPERIQA.quality_model(StandInScoreModel().eval())
+    monkeypatch.setattr(models, "load_model", lambda path, family, device: any_score_model)
     common = ["--img_name", image, "--checkpoint", "model.pth", "--patch_num", "2", "--device", "cpu",
               "--save_dir", tmp_path / "adv"]
     status, _, stderr = run_main(FGSM_demo, common, capsys, monkeypatch)
     line = error_line(status, stderr)
-    assert f"{image}: image of 300x200 pixels is smaller than the 224x224 patch" in line and "--upscale_small" in line
+    assert f"{image}: image of 300x200 pixels is smaller than the 224x224 crop" in line and "--upscale_small" in line
 
     status, stdout, stderr = run_main(FGSM_demo, common + ["--upscale_small"], capsys, monkeypatch)
     assert status == 0, stderr
@@ -167,8 +171,8 @@ def test_help_says_what_happens_to_small_images(script, capsys):
     with pytest.raises(SystemExit):
         script.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert ("--upscale_small upscale an image smaller than 224 on a side (bicubic, shorter side to 224) "
-            "instead of stopping with an error") in text
+    assert ("--upscale_small upscale an image smaller than the model's crop on a side (bicubic; for HyperIQA: "
+            "smaller than 224 on a side, shorter side to 224) instead of stopping with an error") in text
 
 
 def test_a_bad_or_small_image_of_a_data_set_names_its_index_and_path(tmp_path, capsys, monkeypatch):
@@ -180,7 +184,7 @@ def test_a_bad_or_small_image_of_a_data_set_names_its_index_and_path(tmp_path, c
     write_png(train[2].path, size=(300, 200))
     status, _, stderr = run_main(train_test_IQA_sparsity, common, capsys, monkeypatch)
     assert (f"image 2 of the csv training set ({train[2].path}): image of 300x200 pixels is smaller than the "
-            f"224x224 patch") in error_line(status, stderr)
+            f"224x224 crop") in error_line(status, stderr)
 
     with open(train[3].path, "r+b") as f:
         f.truncate(60)
@@ -218,7 +222,7 @@ BAD_CHECKPOINTS = {
     "missing": "checkpoint not found: {path} (the authors' HyperIQA+NT and baseline checkpoints are in the "
                "Google Drive folder linked from the README of https://github.com/YangiD/DefenseIQA-NT; "
                "download them into checkpoints/ under the names listed in checkpoints/README.md",
-    "another architecture": "{path} does not fit HyperIQA: ",
+    "another architecture": "{path} does not fit HyperIQA (hyperiqa): ",
     "runs code": "cannot read checkpoint {path}: it contains Python objects other than tensors, and loading it "
                  "could run code; refused",
     "truncated": "cannot read checkpoint {path}: ",
@@ -245,13 +249,13 @@ def test_missing_default_checkpoint_names_the_file_and_the_readme_lists_it(tmp_p
     image = write_png(tmp_path / "photo.png")
     monkeypatch.chdir(tmp_path)  # a folder without the released checkpoints
     status, _, stderr = run_main(FGSM_demo, ["--img_name", image, "--device", "cpu"], capsys, monkeypatch)
-    nt_name = models.checkpoint_name("livec", 16, True, 1e-3, 0.01)
+    nt_name = checkpoints.checkpoint_name("livec", 16, True, 1e-3, 0.01)
     line = error_line(status, stderr)
     assert f"checkpoint not found: {os.path.join('checkpoints', nt_name)} (" in line and "checkpoints/README.md" in line
 
     readme = Path(__file__).resolve().parents[1] / "checkpoints" / "README.md"
     text = readme.read_text()
-    for name in (nt_name, models.checkpoint_name("livec", 16, False), "koniq_pretrained.pkl",
+    for name in (nt_name, checkpoints.checkpoint_name("livec", 16, False), "koniq_pretrained.pkl",
                  "https://github.com/YangiD/DefenseIQA-NT", "{'model': state_dict, 'optimizer': ...}"):
         assert name in text
     ignored = subprocess.run(["git", "check-ignore", "-q", str(readme)], cwd=readme.parent)
@@ -288,7 +292,7 @@ def test_a_diverging_loss_stops_the_script_naming_epoch_and_step(tmp_path, capsy
     status, stdout, stderr = run_main(train_test_IQA_sparsity, [
         "--dataset", "csv", "--dataset_path", tmp_path / "data", "--epochs", "3", "--checkpoint_dir", tmp_path / "ck",
         *TINY_TRAINING], capsys, monkeypatch)
-    best = tmp_path / "ck" / models.checkpoint_name("csv", 2, False)
+    best = tmp_path / "ck" / checkpoints.checkpoint_name("csv", 2, False)
     line = error_line(status, stderr)
     assert f"the training loss became {poison} at epoch 2, step 1; stopped (the best checkpoint so far stays at {best})" in line
     assert torch.load(best, weights_only=True)["epoch"] == 1  # the last good checkpoint is kept
@@ -316,7 +320,7 @@ def test_a_crash_while_saving_keeps_the_files_of_the_last_epoch(tmp_path, capsys
     line = error_line(status, stderr)
     assert "No space left on device" in line and f"cannot write {tmp_path / 'ck'}" in line  # names the file
     assert len(calls) == 3
-    best = tmp_path / "ck" / models.checkpoint_name("csv", 2, False)
+    best = tmp_path / "ck" / checkpoints.checkpoint_name("csv", 2, False)
     assert torch.load(best, weights_only=True)["epoch"] == 1
     assert torch.load(resume_state_path(best), weights_only=True)["progress"]["epoch"] == 1
     assert sorted(p.suffix for p in (tmp_path / "ck").iterdir()) == [".log", ".pth", ".pth"]  # no temporary file
@@ -362,7 +366,7 @@ def test_same_seed_same_split_patches_and_attack_results(tmp_path, capsys, monke
     test_919, test_3 = (split_samples(samples, "csv", seed=seed)[1] for seed in (919, 3))
     assert test_919 != test_3  # the seed decides the split
     model = StandInScoreModel().eval()  # the pipeline's randomness does not depend on the model: a cheap one
-    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: model)
+    monkeypatch.setattr(models, "load_model", lambda path, family, device: HYPERIQA.quality_model(model))
 
     def evaluate(seed: int, out: str) -> dict:
         status, _, stderr = run_main(evaluate_robustness, [
@@ -384,7 +388,7 @@ def test_same_seed_same_split_patches_and_attack_results(tmp_path, capsys, monke
 def test_evaluation_patches_are_those_of_the_training_scripts_test_loader(tmp_path, capsys, monkeypatch, round_index):
     fake_datasets.make_csv(tmp_path / "data", count=6)
     model = StandInScoreModel().eval()
-    monkeypatch.setattr(models, "load_hyperiqa", lambda path, device: model)
+    monkeypatch.setattr(models, "load_model", lambda path, family, device: HYPERIQA.quality_model(model))
     status, _, stderr = run_main(evaluate_robustness, [
         "--dataset", "csv", "--dataset_path", tmp_path / "data", "--checkpoint", "model.pth", "--attack", "fgsm",
         "--patch_num", "3", "--seed", "5", "--round", round_index, "--out_dir", tmp_path / "out", "--device", "cpu"],
@@ -396,7 +400,7 @@ def test_evaluation_patches_are_those_of_the_training_scripts_test_loader(tmp_pa
     config = TrainConfig(dataset="csv", test_patch_num=3, batch_size=2, seed=5, train_test_num=2)
     test_loader = HyperIQASolver.round_loaders(config, train, test, round_index).test
     assert [image["path"] for image in report["images"]] == [s.path for s in test]
-    first_epoch = HyperIQASolver.predict_images(model, test_loader, epoch=0)
+    first_epoch = HyperIQASolver.predict_images(HYPERIQA.quality_model(model), test_loader, epoch=0)
     assert report["scores"]["model"]["clean"] == pytest.approx(first_epoch.tolist(), rel=RTOL)
-    later_epoch = HyperIQASolver.predict_images(model, test_loader, epoch=1)
+    later_epoch = HyperIQASolver.predict_images(HYPERIQA.quality_model(model), test_loader, epoch=1)
     assert report["scores"]["model"]["clean"] != pytest.approx(later_epoch.tolist(), rel=RTOL)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoints
 import folders
 import models
 from HyperIQASolver import HyperIQASolver, TrainingDiverged, load_training_state, round_loaders, train_step
@@ -74,8 +75,8 @@ def test_one_epoch_with_and_without_nt_saves_checkpoints_that_load_strictly(tmp_
         result = run_script("--dataset", "livec", "--dataset_path", tmp_path / "livec", "--epochs", "1",
                             "--checkpoint_dir", tmp_path / "ck", *TINY_RUN, *(["--if_grad"] if if_grad else []))
         assert result.returncode == 0, result.stderr
-        path = tmp_path / "ck" / models.checkpoint_name("livec", 2, if_grad, 1e-3, 1e-2)
-        models.load_checkpoint(models.HyperIQA(), path)  # strict: every key and shape of the released model
+        path = tmp_path / "ck" / checkpoints.checkpoint_name("livec", 2, if_grad, 1e-3, 1e-2)
+        checkpoints.load_state_strictly(models.HyperIQA(), checkpoints.read_checkpoint(path).state, path)  # strict: every key and shape of the released model
         payload = torch.load(path, map_location="cpu", weights_only=True)
         assert payload["epoch"] == 1 and payload["config"]["if_grad"] is if_grad and payload["optimizer"] is not None
         table = results_table(result.stdout)
@@ -91,12 +92,14 @@ def test_a_training_step_follows_the_gradient_of_its_loss(if_grad):
     independently on a copy of the model; the step then moves the weights."""
     config = TrainConfig(batch_size=3, if_grad=if_grad, weight=0.5)
     model, reference = StandInScoreModel().train(), StandInScoreModel().train()
-    images, mos = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([20.0, 50.0, 80.0])
+    pixels, mos = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([20.0, 50.0, 80.0])
+    images = models.normalize(pixels)  # the step normalizes as HyperIQA's family does
     loss = nt_loss(reference, images, mos, weight=0.5).total if if_grad else F.l1_loss(reference(images), mos)
     expected = torch.autograd.grad(loss, list(reference.parameters()))
     plain = torch.autograd.grad(F.l1_loss(reference(images), mos), list(reference.parameters()))
     before = [p.detach().clone() for p in model.parameters()]
-    value, scores = train_step(model, build_optimizer(model, config, 0), images, mos, config)
+    value, scores = train_step(model, models.get_family("hyperiqa"), build_optimizer(model, config, 0), pixels, mos,
+                               config)
     assert value == pytest.approx(loss.item(), rel=1e-6) and scores.shape == (3,)
     for param, grad, l1_grad, old in zip(model.parameters(), expected, plain, before):
         torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-7)
@@ -165,7 +168,7 @@ def test_ctrl_c_saves_a_state_and_resume_gives_the_uninterrupted_results(tmp_pat
     status, stderr = interrupt_when([*script, *common, "--checkpoint_dir", tmp_path / "cut"], "step 1/4", MAIN, slow)
     assert status == 130, stderr
     assert "resumable state saved" in stderr and "Traceback" not in stderr
-    name = models.checkpoint_name("csv", 2, False).replace(".pth", ".resume.pth")
+    name = checkpoints.checkpoint_name("csv", 2, False).replace(".pth", ".resume.pth")
     progress = torch.load(tmp_path / "cut" / name, weights_only=True)["progress"]
     assert (progress["epoch"], progress["step"]) == (0, 2)  # stopped at the end of the step in progress
 
@@ -214,7 +217,7 @@ def test_resume_refuses_other_settings_and_non_state_files(three_image_split, tm
     assert load_training_state(state, tiny_config(epochs=5))["progress"]["epoch"] == 0  # more epochs are fine
     with pytest.raises(ValueError, match=r"--lr 2e-05 \(now 0.001\)"):
         load_training_state(state, dataclasses.replace(tiny_config(), lr=1e-3))
-    models.save_checkpoint(tmp_path / "best.pth", StandInScoreModel())
+    checkpoints.save_checkpoint(tmp_path / "best.pth", StandInScoreModel())
     with pytest.raises(ValueError, match="not a resumable training state"):
         load_training_state(tmp_path / "best.pth", tiny_config())
     with pytest.raises(FileNotFoundError, match="no resumable state at .*missing.pth"):
