@@ -151,6 +151,12 @@ def test_a_sweep_gives_integral_scores_and_plots_and_no_plot_skips_them(tmp_path
         assert row["integral_stability"] == pytest.approx(((1 + stability[0]) / 2 + (stability[0] + stability[1]) / 2) / 2)
         assert (row["eps_max"], row["eps_count"], row["images"]) == (0.02, 2, 3)
         assert row["mae_at_eps_max"] == pytest.approx(change[1])
+    for row in report["table"]:  # the agreement of clean and attacked scores, from the definitions
+        scores = report["scores"][row["model"]]
+        clean, attacked = np.array(scores["clean"]), np.array(scores["attacked"][f"{row['attack']} eps={row['eps']}"])
+        assert row["krocc"] == pytest.approx(kendall_tau(clean, attacked))
+        assert row["srocc"] == pytest.approx(np.corrcoef(ranks(clean), ranks(attacked))[0, 1])
+    assert any(row["krocc"] != pytest.approx(row["srocc"]) for row in report["table"])  # tau and rho differ here
     steep_fgsm, smooth_fgsm = report["summary"][2], report["summary"][0]
     assert steep_fgsm["integral_stability"] < smooth_fgsm["integral_stability"] < 1
 
