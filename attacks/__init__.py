@@ -60,12 +60,14 @@ def attack_settings(name: str, eps: float, alpha: float | None = None, steps: in
 
 
 def run_attack(name: str, model: QualityModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int,
-               middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | Sequence[torch.Generator] | None = None,
+               middle: float = DEFAULT_SCORE_MIDDLE,
+               generator: torch.Generator | Sequence[torch.Generator] | None = None,
                chunk_size: int | None = None, *, restarts: int = 1) -> AttackResult:
     """Run attack `name` (one of ATTACKS) at l_inf radius `eps` with step size `alpha` (both pixel
     units) and `steps` steps; for square, `steps` is the number of queries per image and `alpha` is
     ignored. fgsm ignores alpha and steps; only pgd and square draw from `generator` (pgd also takes
-    one generator per image, see `pgd`); only pgd uses `restarts`. The other settings (momentum, p_init) are the defaults of `mifgsm` and `square`."""
+    one generator per image, see `pgd`); only pgd uses `restarts`. The other settings (momentum,
+    p_init) are the defaults of `mifgsm` and `square`."""
     if name == "fgsm":
         return fgsm(model, pixels, eps, middle, chunk_size)
     if name == "ifgsm":

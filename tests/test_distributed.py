@@ -183,7 +183,8 @@ def test_a_placeholder_stays_out_of_batchnorms_batch_and_running_statistics(laye
 
     def step(index: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         before = (norm.running_mean.clone(), norm.running_var.clone())
-        loss, _ = HyperIQASolver.share_step(network, family, optimizer, pixels, mos, torch.tensor([index]), 2, 2, config)
+        loss, _ = HyperIQASolver.share_step(network, family, optimizer, pixels, mos, torch.tensor([index]), 2, 2,
+                                            config)
         moved = [not torch.equal(a, b) for a, b in zip(before, (norm.running_mean, norm.running_var))]
         return loss, moved, [p.grad for p in network.parameters()]
 
