@@ -97,7 +97,10 @@ def _uniform_noise(shape: torch.Size, generator: torch.Generator | Sequence[torc
         return torch.rand(shape, generator=generator, dtype=dtype)
     if len(generator) != shape[0]:
         raise ValueError(f"one generator per image: got {len(generator)} generators for {shape[0]} images")
-    return torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype) for g in generator])
+    noise = torch.empty(shape, dtype=dtype)
+    for image, image_generator in zip(noise, generator):  # filled in place: what torch.rand would draw
+        image.uniform_(0.0, 1.0, generator=image_generator)
+    return noise
 
 
 def _attack(model: QualityModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int, middle: float,

@@ -355,6 +355,16 @@ def test_pgd_start_is_seeded_and_independent_of_chunking(model, pixels):
     assert not torch.allclose(run(1, 6), first)
 
 
+def test_pgd_with_one_generator_per_image_draws_each_start_from_that_generator_alone(model, pixels):
+    def generators(seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+    batched = attacks.pgd(model, pixels, steps=2, generator=generators(range(6))).adversarial
+    alone = [attacks.pgd(model, pixels[i:i + 1], steps=2, generator=generators([i])).adversarial for i in range(6)]
+    torch.testing.assert_close(batched, torch.cat(alone), rtol=0, atol=PIXEL_TOL)  # whatever shares the batch
+    with pytest.raises(ValueError, match="one generator per image: got 2 generators for 6 images"):
+        attacks.pgd(model, pixels, steps=2, generator=generators([0, 1]))
+
+
 def test_model_mode_is_restored_and_no_parameter_gradient_accumulates(model, pixels):
     model.train()
     attacks.iterative_fgsm(model, pixels, steps=2)
