@@ -10,6 +10,7 @@ stages) comes from the family (families/base.py); HyperIQA's optimizer schedule 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -23,16 +24,16 @@ import torch.nn as nn
 
 import folders
 import metrics
-from adversarial_training import adversarial_batch
+from adversarial_training import adversarial_batch, label_range, share_crafting
 from checkpoints import read_checkpoint, save_checkpoint
 from data_loader import DEFAULT_CACHE_GIB, ViewLoader, make_test_loader, make_train_loader
-from distributed import (Processes, all_concatenated, all_sum, share_buffers_of_rank_zero, share_state_of_rank_zero,
-                         wrap_for_training)
+from distributed import (Processes, all_concatenated, all_sum, outside_batchnorm_statistics, share_buffers_of_rank_zero,
+                         share_state_of_rank_zero, wrap_for_training)
 from families.base import BuildOptions, Family, QualityModel, Stage
 from folders import Sample
 from models import build_network, get_family
 from nt_regularizer import nt_loss
-from seeding import ADVERSARIAL_TRAINING, seed_everything, seeded_generator
+from seeding import seed_everything
 from splits import split_samples
 from train_config import RunFiles, TrainConfig
 from training_state import STATE_FORMAT, RunState, StopRequest, load_training_state
@@ -74,10 +75,14 @@ def table_row(epoch: int, loss: float, train_srcc: float, test_srcc: float, test
 class Crafting(NamedTuple):
     """How a step under adversarial training crafts its adversarial views: against `model` (the quality
     model of the plain network, also when the step runs it in DistributedDataParallel), PGD's starts
-    drawn from `generator`."""
+    drawn from `generator` (one for all, or one per view attacked), the views at positions `views` of
+    the batch (None: the batch's own adversarial_training.adversarial_positions), their labels
+    corrected within `label_range` (None: the nominal score range; adversarial_training.label_range)."""
 
     model: QualityModel
-    generator: torch.Generator | None
+    generator: torch.Generator | Sequence[torch.Generator] | None
+    views: Sequence[int] | None = None
+    label_range: tuple[float, float] | None = None
 
 
 def training_loss(model: nn.Module, family: Family, pixels: torch.Tensor, mos: torch.Tensor, config: TrainConfig,
@@ -88,13 +93,15 @@ def training_loss(model: nn.Module, family: Family, pixels: torch.Tensor, mos: t
 
     With `config.adv_train`, a share of the batch is first replaced by adversarial views and their
     labels (adversarial_training.adversarial_batch), made as `crafting` says (default: against
-    `model`, PGD's start from the global generator); the loss and the returned scores are then those
-    of the mixed batch.
+    `model`, the batch's own adversarial positions, PGD's start from the global generator, labels
+    corrected within the nominal score range); the loss and the returned scores are then those of
+    the mixed batch.
     """
     if config.adv_train != "none":
         crafting = crafting or Crafting(family.quality_model(model), None)
         score_range = folders.score_range(config.dataset, family.score_range)
-        pixels, mos, _, _ = adversarial_batch(crafting.model, pixels, mos, config, score_range, crafting.generator)
+        pixels, mos, _, _ = adversarial_batch(crafting.model, pixels, mos, config, score_range, crafting.generator,
+                                              views=crafting.views, labels_range=crafting.label_range)
     inputs = family.normalization(pixels)
     if config.if_grad:
         loss = nt_loss(model, inputs, mos, config.weight, config.h, config.nt_mode, family.released_loss)
@@ -133,6 +140,20 @@ def loss_share(index: torch.Tensor, global_length: int, world_size: int) -> floa
     entries (index >= 0) x world_size / the global batch's entries. 1 for equal shares, 0 for a
     placeholder (data_loader.share_of)."""
     return int((index >= 0).sum()) * world_size / global_length
+
+
+def share_step(model: nn.Module, family: Family, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
+               mos: torch.Tensor, index: torch.Tensor, global_length: int, world_size: int, config: TrainConfig,
+               agree: Callable[[float], float] | None = None,
+               crafting: Crafting | None = None) -> tuple[float, torch.Tensor]:
+    """`train_step` of this process on its share of a global batch of `global_length` entries
+    (data_loader.share_of; index (B,) the images, -1 for a placeholder): the loss weighted by
+    `loss_share`, and a placeholder kept outside BatchNorm's statistics
+    (distributed.outside_batchnorm_statistics)."""
+    share = loss_share(index, global_length, world_size)
+    placeholder = not bool((index >= 0).any())
+    with outside_batchnorm_statistics(model) if placeholder else contextlib.nullcontext():
+        return train_step(model, family, optimizer, pixels, mos, config, share, agree, crafting)
 
 
 @torch.inference_mode()
@@ -211,6 +232,9 @@ class HyperIQASolver:
         self.family = get_family(config.model)
         self.stages: Sequence[Stage] = self.family.stages(config)
         self.quality = self.family.quality_model(network)  # the plain network behind its normalization
+        self.label_range = None if config.adv_train == "none" else label_range(
+            config, [sample.mos for sample in loaders.train.samples],
+            folders.score_range(config.dataset, self.family.score_range))
         self.state = state or RunState()
         self.test_mos = np.array([s.mos for s in loaders.test.samples], dtype=np.float64)
         self.network.train()
@@ -300,11 +324,11 @@ class HyperIQASolver:
         for pixels, mos, index in self.loaders.train.batches(epoch, start_batch=state.step):
             index = index.cpu()
             real = index >= 0  # placeholders (index -1) of a process left without an entry carry no score
-            share = loss_share(index, self.loaders.train.global_batch_length(state.step), world)
             if self.stage.per_step is not None:
                 self.stage.per_step(self.optimizer, epoch * steps + state.step)
             try:
-                loss, scores = train_step(self.model, self.family, self.optimizer, pixels, mos, self.config, share,
+                loss, scores = share_step(self.model, self.family, self.optimizer, pixels, mos, index,
+                                          self.loaders.train.global_batch_length(state.step), world, self.config,
                                           self._agree, self.crafting(epoch, state.step))
             except NonFiniteLoss as exc:
                 raise TrainingDiverged(f"{exc} at {self._where(epoch, state.step + 1)}; stopped ({self._kept()}); "
@@ -346,13 +370,17 @@ class HyperIQASolver:
 
     def crafting(self, epoch: int, step: int) -> Crafting | None:
         """How the step `step` (0-based) of `epoch` crafts its adversarial views under adversarial
-        training: against the plain network, with the random stream keyed by (round, epoch, step,
-        rank, and the stage after the first), so a resumed run draws what the uninterrupted one drew
-        and each process its own."""
+        training: against the plain network, this process's part of the global batch's adversarial
+        views, each PGD start from a stream keyed by (round, epoch, step, the view's position in the
+        global batch, and the stage after the first; adversarial_training.share_crafting), so that a
+        resumed run, and a run with any number of processes, crafts what the uninterrupted one did;
+        labels corrected within `label_range`."""
         if self.config.adv_train == "none":
             return None
-        keys = (self.state.round_index, epoch, step, self.processes.rank) + ((self.state.stage,) if self.state.stage else ())
-        return Crafting(self.quality, seeded_generator(self.config.seed, ADVERSARIAL_TRAINING, *keys))
+        keys = (self.state.round_index, epoch, step) + ((self.state.stage,) if self.state.stage else ())
+        share = share_crafting(self.config, keys, self.loaders.train.global_batch_length(step), self.processes.rank,
+                               self.processes.world_size)
+        return Crafting(self.quality, share.generators, share.views, self.label_range)
 
     def _kept(self) -> str:
         if self.state.best is None:

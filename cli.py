@@ -139,23 +139,32 @@ def add_upscale_small_argument(parser: argparse.ArgumentParser) -> None:
                              "smaller than 224 on a side, shorter side to 224) instead of stopping with an error")
 
 
+class SameOnEveryProcess(ValueError):
+    """An error that every process of a run meets alike (a setting refused before any work): under
+    torchrun, rank 0 alone reports it (`run_main`)."""
+
+
 def run_main(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
     """Call `main(args)` and exit: 0 on success; 1 with `prog: error: message` on a ValueError,
     OSError or ImportError (bad input, missing file, unreadable checkpoint, missing optional package);
-    130 on Ctrl-C. Under torchrun with several processes the message starts with `[rank r/N]`. Set
-    HYPERIQA_DEBUG=1 to see the traceback instead."""
+    130 on Ctrl-C. Under torchrun with several processes the message starts with `[rank r/N]`, except
+    for a SameOnEveryProcess error, which rank 0 alone prints (the others exit with status 1 in
+    silence). Set HYPERIQA_DEBUG=1 to see the traceback instead."""
     prog = os.path.basename(sys.argv[0]) or "hyperiqa"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes started by torchrun
-        prog = f"[rank {os.environ.get('RANK', '?')}/{os.environ['WORLD_SIZE']}] {prog}"
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1  # one of several processes started by torchrun
+    ranked = f"[rank {os.environ.get('RANK', '?')}/{os.environ['WORLD_SIZE']}] {prog}" if several else prog
     try:
         main(args)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{ranked}: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except (ValueError, OSError, ImportError) as exc:
         if os.environ.get("HYPERIQA_DEBUG"):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        if not isinstance(exc, SameOnEveryProcess):
+            print(f"{ranked}: error: {message}", file=sys.stderr)
+        elif not several or os.environ.get("RANK", "0") == "0":
+            print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
     sys.exit(0)

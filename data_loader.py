@@ -83,18 +83,24 @@ class DecodedImages(torch.utils.data.Dataset):
             return DecodedImage(index, torch.empty(0, dtype=torch.uint8), f"{self.describe(index)}: {exc}")
 
 
-def share_of(batch: list, rank: int, world_size: int) -> tuple[list, bool]:
-    """Process `rank`'s entries of a global training batch, and whether they are a placeholder.
-
-    A full batch is cut into `world_size` equal consecutive shares; the smaller last batch of an
-    epoch into shares that differ by at most one entry. A process whose share would be empty gets the
-    batch's first entry as a placeholder, which it runs with a loss weight of 0 (its index is -1), so
-    that every process takes part in every step.
-    """
-    length = len(batch)
+def share_bounds(length: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(start, stop): the positions in a global training batch of `length` entries that process
+    `rank` of `world_size` takes. A full batch is cut into `world_size` equal consecutive shares; the
+    smaller last batch of an epoch into shares that differ by at most one entry, the larger ones
+    first; a share may be empty (start == stop)."""
     sizes = [length // world_size + (r < length % world_size) for r in range(world_size)]
     start = sum(sizes[:rank])
-    share = batch[start:start + sizes[rank]]
+    return start, start + sizes[rank]
+
+
+def share_of(batch: list, rank: int, world_size: int) -> tuple[list, bool]:
+    """Process `rank`'s entries of a global training batch (`share_bounds`), and whether they are a
+    placeholder: a process whose share would be empty gets the batch's first entry as a placeholder,
+    which it runs with a loss weight of 0 (its index is -1) and outside BatchNorm's statistics
+    (distributed.outside_batchnorm_statistics), so that every process takes part in every step.
+    """
+    start, stop = share_bounds(len(batch), rank, world_size)
+    share = batch[start:stop]
     return (share, False) if share else (batch[:1], True)
 
 

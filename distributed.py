@@ -13,6 +13,7 @@ processes stop instead of waiting.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models import select_device
 
@@ -174,3 +176,41 @@ def wrap_for_training(processes: Processes, network: nn.Module, sync_batchnorm: 
                        if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
                        else {"broadcast_buffers": False})
     return nn.parallel.DistributedDataParallel(network, device_ids=device_ids, **no_forward_sync)
+
+
+@contextlib.contextmanager
+def outside_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block, the forwards of `model` (a network or its DistributedDataParallel wrapper)
+    on a placeholder (the entry a process left without one in an epoch's last batch runs with a loss
+    weight of 0, data_loader.share_of) stay out of every BatchNorm layer's batch and running
+    statistics. Each layer in training mode runs its own forward on zero entries: a plain BatchNorm
+    then changes nothing; a SyncBatchNorm sends the other processes a count of 0, which PyTorch leaves
+    out of the global batch statistics and of the running statistics (torch.nn.SyncBatchNorm supports
+    empty inputs for this), while it still takes part in every exchange, forward and backward. The
+    placeholder itself is normalized with the layer's running statistics (its output only has to be
+    finite)."""
+    layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    own = [layer.__dict__.get("forward") for layer in layers]  # a forward set on the instance, if any
+    for layer in layers:
+        layer.forward = functools.partial(_placeholder_batchnorm, layer, layer.forward)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, own):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
+
+
+def _placeholder_batchnorm(layer: nn.modules.batchnorm._BatchNorm, forward: Callable[[torch.Tensor], torch.Tensor],
+                           x: torch.Tensor) -> torch.Tensor:
+    if not layer.training:
+        return forward(x)
+    nothing = forward(x[:0])  # the layer's statistics over zero entries (SyncBatchNorm: its part of the exchange)
+    if layer.running_mean is None:  # no running statistics to normalize with: the placeholder's own
+        normalized = F.batch_norm(x, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+    else:
+        normalized = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0,
+                                  layer.eps)
+    return normalized + nothing.sum()  # in the graph, so that the backward exchange runs here too

@@ -17,6 +17,8 @@ SCHEDULES = ("released", "corrected")
 ADV_TRAIN_METHODS = ("none", "fgsm", "pgd")  # 'none': no adversarial patches
 ADV_DIRECTIONS = ("away", "up")  # away from the middle of the score range (as evaluated), or raise the quality
 ADV_LABELS = ("ssim", "keep")  # the label of an adversarial patch: lowered by its SSIM damage, or the MOS
+# [MIN, MAX] of the SSIM label correction: the training set's lowest and highest MOS, or the nominal scale
+ADV_LABEL_RANGES = ("train", "nominal")
 DEFAULT_ADV_EPS = 4 / 255  # l_inf radius in [0, 1] pixel units
 DEFAULT_ADV_LAMBDA = 1.0  # weight of the SSIM label correction: 1 - SSIM times the whole score range
 DEFAULT_ADV_RATIO = 0.5  # share of adversarial patches in a batch
@@ -66,6 +68,7 @@ class TrainConfig:
     adv_label: str = "ssim"  # or 'keep'
     adv_lambda: float = DEFAULT_ADV_LAMBDA
     adv_ratio: float = DEFAULT_ADV_RATIO  # in (0, 1]
+    adv_label_range: str = "train"  # or 'nominal' (adversarial_training.label_range)
     options: dict[str, Any] = field(default_factory=dict)  # the family's own settings (Family.options)
 
     def __post_init__(self):
@@ -84,7 +87,8 @@ class TrainConfig:
     def _check_adversarial_training(self) -> None:
         for name, value, valid in (("adv_train", self.adv_train, ADV_TRAIN_METHODS),
                                    ("adv_direction", self.adv_direction, ADV_DIRECTIONS),
-                                   ("adv_label", self.adv_label, ADV_LABELS)):
+                                   ("adv_label", self.adv_label, ADV_LABELS),
+                                   ("adv_label_range", self.adv_label_range, ADV_LABEL_RANGES)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
         if not 0 < self.adv_eps <= 1:

@@ -28,13 +28,13 @@ import distributed
 import folders
 import models
 from attacks import PGD_STEP_FRACTION, PGD_STEPS
-from cli import (CHECKPOINT_DIR, add_device_argument, fraction, nonnegative_float, nonnegative_int, positive_float,
-                 positive_int, run_main)
+from cli import (CHECKPOINT_DIR, SameOnEveryProcess, add_device_argument, fraction, nonnegative_float, nonnegative_int,
+                 positive_float, positive_int, run_main)
 from data_loader import DEFAULT_CACHE_GIB, DEFAULT_NUM_WORKERS, check_global_batch
 from HyperIQASolver import train_and_test
 from models import PATCH_SIZE
 from nt_regularizer import NT_MODES
-from train_config import ADV_DIRECTIONS, ADV_LABELS, ADV_TRAIN_METHODS, SCHEDULES, TrainConfig
+from train_config import ADV_DIRECTIONS, ADV_LABEL_RANGES, ADV_LABELS, ADV_TRAIN_METHODS, SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
 SYNTHETIC_ROOT = "data/synthetic"  # where --dataset synthetic is built when no --dataset_path is given
@@ -143,7 +143,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           "and the others up; 'up': raise the predicted quality of every patch")
     adv.add_argument("--adv_label", choices=ADV_LABELS, default=DEFAULTS.adv_label,
                      help="label of an adversarial patch: 'ssim', mos - adv_lambda * (1 - SSIM(clean, adversarial)) "
-                          "* (score range), clamped to the range; 'keep', the MOS")
+                          "* (MAX - MIN), clamped to [MIN, MAX] (see --adv_label_range); 'keep', the MOS")
+    adv.add_argument("--adv_label_range", choices=ADV_LABEL_RANGES, default=DEFAULTS.adv_label_range,
+                     help="MIN and MAX of the 'ssim' label: 'train', the lowest and highest MOS of the training set "
+                          "(as Chistyakova et al.); 'nominal', the ends of the data set's score scale (0 and 100 "
+                          "on LIVEC)")
     adv.add_argument("--adv_lambda", type=nonnegative_float, default=DEFAULTS.adv_lambda,
                      help="weight of the SSIM label correction")
     adv.add_argument("--adv_ratio", type=fraction, default=DEFAULTS.adv_ratio,
@@ -208,7 +212,10 @@ def main(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: distributed.Processes,
         build_options: dict | None = None) -> None:
     """The training run of this process; rank 0 alone prints the table and writes the log."""
-    check_global_batch(config.batch_size, processes.world_size)  # before any work
+    try:
+        check_global_batch(config.batch_size, processes.world_size)  # before any work
+    except ValueError as exc:
+        raise SameOnEveryProcess(str(exc)) from None  # said once, not by every process
     samples = distributed.main_first(processes, lambda: folders.list_samples(args.dataset, root, args.seed))
     files = config.run_files(args.checkpoint_dir)
     resume = None if args.resume is None else (args.resume or files.state)
@@ -236,9 +243,9 @@ def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: dis
                processes.device))
         if config.adv_train != "none":
             alpha, steps = config.adversarial_attack()
-            log("Adversarial training: %s, eps %.4f, %d step(s) of %.4f, direction %s, label %s (lambda %g), "
-                "share %g" % (config.adv_train, config.adv_eps, steps, alpha, config.adv_direction, config.adv_label,
-                              config.adv_lambda, config.adv_ratio))
+            log("Adversarial training: %s, eps %.4f, %d step(s) of %.4f, direction %s, label %s (lambda %g, "
+                "range %s), share %g" % (config.adv_train, config.adv_eps, steps, alpha, config.adv_direction,
+                                         config.adv_label, config.adv_lambda, config.adv_label_range, config.adv_ratio))
         results = train_and_test(config, samples, processes, args.checkpoint_dir, split_file=args.split_file,
                                  pretrained=not args.no_pretrained, backbone_weights=args.backbone_weights,
                                  num_workers=args.num_workers, cache_gib=args.cache_gib, resume=resume, log=log,

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -28,7 +29,7 @@ from attacks.base import (CPU_CHUNK_SIZE, CUDA_CHUNK_SIZE, DEFAULT_EPS, DEFAULT_
                           AttackResult, attack_direction, default_chunk_size, jpeg_recompress, quantize_8bit,
                           score_patches, scores_and_gradient_norms)
 from attacks.gradient import (DEFAULT_ALPHA, DEFAULT_STEPS, MIFGSM_MOMENTUM, MIFGSM_STEPS, PGD_STEP_FRACTION,  # noqa: F401
-                              PGD_STEPS, fgsm, iterative_fgsm, mifgsm, pgd)
+                              PGD_STEPS, fgsm, iterative_fgsm, mifgsm, mifgsm_step_size, pgd, pgd_step_size)
 from attacks.square import (SQUARE_HALVING_MILESTONES, SQUARE_P_INIT, SQUARE_QUERIES, SQUARE_SCHEDULE_QUERIES,  # noqa: F401
                             square, square_fraction, square_side)
 from families.base import QualityModel
@@ -41,7 +42,7 @@ def attack_settings(name: str, eps: float, alpha: float | None = None, steps: in
     """(step size, steps) that attack `name` runs with at `eps`, `alpha`, `steps` and `queries` filling
     in what is given: fgsm is one step of eps; ifgsm defaults to the released demo's one step of 0.01;
     pgd to PGD_STEPS steps of PGD_STEP_FRACTION * eps / steps; mifgsm to MIFGSM_STEPS steps of
-    eps / steps. square has no step size (NaN; each pixel sits at clean +- eps) and runs `queries`
+    eps / steps (ValueError for steps < 1). square has no step size (NaN; each pixel sits at clean +- eps) and runs `queries`
     queries (default SQUARE_QUERIES) whatever `alpha` and `steps` say."""
     if name == "fgsm":
         return eps, 1
@@ -49,22 +50,24 @@ def attack_settings(name: str, eps: float, alpha: float | None = None, steps: in
         return (DEFAULT_ALPHA if alpha is None else alpha), (DEFAULT_STEPS if steps is None else steps)
     if name == "pgd":
         steps = PGD_STEPS if steps is None else steps
-        return (PGD_STEP_FRACTION * eps / steps if alpha is None else alpha), steps
+        return (pgd_step_size(eps, steps) if alpha is None else alpha), steps
     if name == "mifgsm":
         steps = MIFGSM_STEPS if steps is None else steps
-        return (eps / steps if alpha is None else alpha), steps
+        return (mifgsm_step_size(eps, steps) if alpha is None else alpha), steps
     if name == "square":
         return math.nan, (SQUARE_QUERIES if queries is None else queries)
     raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
 
 
 def run_attack(name: str, model: QualityModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int,
-               middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | None = None,
+               middle: float = DEFAULT_SCORE_MIDDLE,
+               generator: torch.Generator | Sequence[torch.Generator] | None = None,
                chunk_size: int | None = None, *, restarts: int = 1) -> AttackResult:
     """Run attack `name` (one of ATTACKS) at l_inf radius `eps` with step size `alpha` (both pixel
     units) and `steps` steps; for square, `steps` is the number of queries per image and `alpha` is
-    ignored. fgsm ignores alpha and steps; only pgd and square draw from `generator`; only pgd uses
-    `restarts`. The other settings (momentum, p_init) are the defaults of `mifgsm` and `square`."""
+    ignored. fgsm ignores alpha and steps; only pgd and square draw from `generator` (pgd also takes
+    one generator per image, see `pgd`); only pgd uses `restarts`. The other settings (momentum,
+    p_init) are the defaults of `mifgsm` and `square`."""
     if name == "fgsm":
         return fgsm(model, pixels, eps, middle, chunk_size)
     if name == "ifgsm":

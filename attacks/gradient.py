@@ -19,6 +19,8 @@ attacks/base.py), whatever its family.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from attacks.base import (DEFAULT_EPS, DEFAULT_SCORE_MIDDLE, AttackResult, attack_direction, check_pixels, chunks,
@@ -63,11 +65,42 @@ def _projected_sign_steps(model: QualityModel, pixels: torch.Tensor, eps: float,
     return AttackResult(adversarial.detach(), clean_scores)
 
 
+def _check_steps(steps: int) -> None:
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
 def _check_budget(eps: float, alpha: float, steps: int) -> None:
     if not eps > 0 or not alpha > 0:
         raise ValueError(f"eps and alpha must be > 0, got eps={eps}, alpha={alpha}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    _check_steps(steps)
+
+
+def pgd_step_size(eps: float, steps: int) -> float:
+    """PGD's default step size (pixel units) at l_inf radius `eps` in `steps` steps:
+    PGD_STEP_FRACTION * eps / steps. ValueError for steps < 1."""
+    _check_steps(steps)
+    return PGD_STEP_FRACTION * eps / steps
+
+
+def mifgsm_step_size(eps: float, steps: int) -> float:
+    """MI-FGSM's default step size (pixel units): eps / steps (Dong et al.). ValueError for steps < 1."""
+    _check_steps(steps)
+    return eps / steps
+
+
+def _uniform_noise(shape: torch.Size, generator: torch.Generator | Sequence[torch.Generator] | None,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Uniform noise in [0, 1) of `shape` (B, ...) on the CPU: from one generator for the whole batch,
+    or image i's from generator i alone (then an image's draw does not depend on its batch)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"one generator per image: got {len(generator)} generators for {shape[0]} images")
+    noise = torch.empty(shape, dtype=dtype)
+    for image, image_generator in zip(noise, generator):  # filled in place: what torch.rand would draw
+        image.uniform_(0.0, 1.0, generator=image_generator)
+    return noise
 
 
 def _attack(model: QualityModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int, middle: float,
@@ -99,13 +132,16 @@ def fgsm(model: QualityModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, mi
     return _attack(model, pixels, eps, eps, 1, middle, chunk_size)
 
 
-def pgd(model: QualityModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float = DEFAULT_ALPHA,
-        steps: int = PGD_STEPS, middle: float = DEFAULT_SCORE_MIDDLE, generator: torch.Generator | None = None,
+def pgd(model: QualityModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float | None = None,
+        steps: int = PGD_STEPS, middle: float = DEFAULT_SCORE_MIDDLE,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         chunk_size: int | None = None, restarts: int = 1) -> AttackResult:
-    """PGD: iterative FGSM from a start drawn uniformly in the eps-ball (clipped to [0, 1]).
+    """PGD: iterative FGSM from a start drawn uniformly in the eps-ball (clipped to [0, 1]), `steps`
+    steps of `alpha` (default `pgd_step_size(eps, steps)`, pixel units).
 
     The start is drawn for the whole batch from `generator` (on the CPU), so the result does not
-    depend on `chunk_size`. Directions come from the clean images' scores. With `restarts` > 1 the
+    depend on `chunk_size`; or, given one generator per image, each image's start from its own
+    generator, so that it does not depend on the other images of the batch. Directions come from the clean images' scores. With `restarts` > 1 the
     attack runs from that many starts (drawn one after the other, the first one as with one restart)
     and keeps, per image, the adversarial image whose (unrounded) score moved most in its direction:
     one extra forward pass per restart.
@@ -113,9 +149,10 @@ def pgd(model: QualityModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, alp
     check_pixels(pixels)
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
+    alpha = pgd_step_size(eps, steps) if alpha is None else alpha
     best, best_gain = None, None
     for _ in range(restarts):
-        noise = torch.rand(pixels.shape, generator=generator, dtype=pixels.dtype).to(pixels.device)
+        noise = _uniform_noise(pixels.shape, generator, pixels.dtype).to(pixels.device)
         start = (pixels.detach() + (2 * noise - 1) * eps).clamp(0.0, 1.0)
         result = _attack(model, pixels, eps, alpha, steps, middle, chunk_size, start)
         if restarts == 1:
@@ -136,7 +173,7 @@ def mifgsm(model: QualityModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, 
     pixel units) along the sign of g_t = momentum * g_(t-1) + grad_t / ||grad_t||_1 (l1 norm per
     image), each followed by projection onto the eps-ball and clipping to [0, 1]. With momentum 0
     it is iterative FGSM."""
-    alpha = eps / steps if alpha is None else alpha
+    alpha = mifgsm_step_size(eps, steps) if alpha is None else alpha
     if momentum < 0:
         raise ValueError(f"momentum must be >= 0, got {momentum}")
     return _attack(model, pixels, eps, alpha, steps, middle, chunk_size, momentum=momentum)

@@ -51,8 +51,11 @@ def square(model: QualityModel, pixels: torch.Tensor, eps: float = DEFAULT_EPS, 
     an image takes its candidate only where the score moved further in its direction. Every image
     stays in the eps-ball and in [0, 1]. The clean images' scores, which choose the directions, are
     not counted as queries. All random draws come from `generator` (on the CPU), for the whole batch
-    at once, so the result does not depend on `chunk_size`. Unlike the paper's code, a window whose
-    new signs change nothing is not redrawn: it costs its query.
+    at once, so the result does not depend on `chunk_size`. Two differences from the paper's code: a
+    window whose new signs change nothing is not redrawn (it costs its query), and a window's top
+    and left offsets are drawn from [0, H - side] and [0, W - side], the last offset included, so
+    that a window can touch the bottom and right edges (the paper's code draws them from
+    [0, H - side), leaving the last row and column of offsets out).
     """
     check_pixels(pixels)
     if not eps > 0:

@@ -13,10 +13,11 @@ HARNESS_FORWARD_SECONDS makes every training forward last that long (time to int
 HARNESS_STOP_RANK and HARNESS_STOP_AFTER_EPOCH ask that rank alone to stop (as a Ctrl-C reaching only
 that process would) right after it saved the state at the end of that epoch (1-based).
 
-`gradients OUT.pt BATCH CSV COUNT...`: for the first COUNT images of the CSV data set, one NT training
-step on each global batch of BATCH entries through the solver's functions (each process's share,
-its loss weight, train_step on the DistributedDataParallel model), float64 with BatchNorm in eval
-mode; rank 0 saves the averaged parameter gradients of every step.
+`gradients OUT.pt BATCH CSV COUNT...`: for the first COUNT images of the CSV data set, one training
+step on each global batch of BATCH entries through the solver's functions (each process's share, its
+loss weight, its adversarial views, share_step on the DistributedDataParallel model), float64 with
+BatchNorm in eval mode, for each config of tests/gradient_steps.py (NT; adversarial training with
+PGD); rank 0 saves {config name: the averaged parameter gradients of every step}.
 """
 import os
 import sys
@@ -70,27 +71,14 @@ def ask_to_stop_after_an_epoch() -> None:
     HyperIQASolver.HyperIQASolver.save_state = save_then_ask_to_stop
 
 
-def gradients_of_each_step(out: str, batch_size: int, dataset_csv: str, counts: list[int]) -> None:
-    """The averaged parameter gradients of one NT step on each global batch of each loader."""
+def save_gradients(out: str, batch_size: int, dataset_csv: str, counts: list[int]) -> None:
+    """tests/gradient_steps.py's gradients of every step of every config, in this process's share."""
     import folders
-    from data_loader import make_train_loader
-    from train_config import TrainConfig
+    from tests.gradient_steps import STEP_CONFIGS, gradients_of_each_step
 
     with distributed.process_group("cpu") as processes:
         samples = folders.list_samples("csv", dataset_csv)
-        config = TrainConfig(dataset="csv", batch_size=batch_size, if_grad=True, weight=0.5, train_patch_num=1)
-        network = StandInScoreModel().double().eval()  # eval: each score depends on its own patch only
-        model = distributed.wrap_for_training(processes, network)
-        optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
-        steps = []
-        for count in counts:
-            family = models.get_family("hyperiqa")
-            loader = make_train_loader(samples[:count], "csv", family.views("csv", True, 1), batch_size, rank=processes.rank,
-                                       world_size=processes.world_size)
-            for step, (images, mos, index) in enumerate(loader.batches(0)):
-                share = HyperIQASolver.loss_share(index, loader.global_batch_length(step), processes.world_size)
-                HyperIQASolver.train_step(model, family, optimizer, images.double(), mos.double(), config, share)
-                steps.append([p.grad.clone() for p in network.parameters()])
+        steps = {name: gradients_of_each_step(processes, samples, batch_size, counts, name) for name in STEP_CONFIGS}
         if processes.is_main:
             torch.save(steps, out)
 
@@ -98,7 +86,7 @@ def gradients_of_each_step(out: str, batch_size: int, dataset_csv: str, counts: 
 if __name__ == "__main__":
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "gradients":
-        gradients_of_each_step(rest[0], int(rest[1]), rest[2], [int(count) for count in rest[3:]])
+        save_gradients(rest[0], int(rest[1]), rest[2], [int(count) for count in rest[3:]])
     elif command == "evaluate":
         models.load_model = lambda path, family, device: stand_in_quality_model().to(device).eval()
         sys.argv = ["evaluate_robustness.py", *rest]

@@ -13,11 +13,13 @@ import torch.nn.functional as F
 
 import attacks
 import checkpoints
+import data_loader
 import folders
 import HyperIQASolver as HyperIQASolver_module
 import models
 import train_test_IQA_sparsity
-from adversarial_training import adversarial_batch, adversarial_count, attack_middle, corrected_labels
+from adversarial_training import (adversarial_batch, adversarial_count, adversarial_positions, attack_middle,
+                                  corrected_labels, label_range, share_crafting)
 from HyperIQASolver import HyperIQASolver, StopRequest, load_training_state, round_loaders, train_step
 from schedule import build_optimizer
 from nt_regularizer import nt_loss
@@ -100,6 +102,43 @@ def test_adversarial_count_rounds_halves_up_and_keeps_at_least_one():
     assert {case: adversarial_count(*case) for case in cases} == cases
 
 
+def test_adversarial_positions_are_evenly_spaced_over_the_global_batch():
+    assert adversarial_positions(6, 0.5) == [0, 2, 4]
+    assert adversarial_positions(16, 0.25) == [0, 4, 8, 12]
+    assert adversarial_positions(10, 0.3) == [0, 3, 6] and adversarial_positions(3, 1.0) == [0, 1, 2]
+    assert adversarial_positions(2, 0.01) == [0]
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_the_adversarial_views_of_a_global_batch_and_their_starts_do_not_depend_on_the_processes(method):
+    """Global batch 6 at ratio 0.5: 3 views (0, 2, 4), whether 1, 2 or 3 processes share the batch
+    (2 on the first of two processes and 1 on the second), each PGD start drawn for its position."""
+    config = TrainConfig(dataset="csv", adv_train=method, adv_ratio=0.5)
+    keys = (1, 2, 3)  # round, epoch, step
+
+    def over_the_processes(length: int, world_size: int) -> tuple[list[int], list[list[float]]]:
+        positions, starts = [], []
+        for rank in range(world_size):
+            start = data_loader.share_bounds(length, rank, world_size)[0]
+            share = share_crafting(config, keys, length, rank, world_size)
+            positions += [start + view for view in share.views]
+            starts += [torch.rand(4, generator=g).tolist() for g in share.generators or []]
+        return positions, starts
+
+    for length in (6, 5, 1):
+        alone = over_the_processes(length, 1)
+        assert alone[0] == adversarial_positions(length, 0.5)
+        assert len(alone[1]) == (len(alone[0]) if method == "pgd" else 0)
+        for world_size in (2, 3, 4):
+            assert over_the_processes(length, world_size) == alone, (length, world_size)
+    assert [len(share_crafting(config, keys, 6, rank, 2).views) for rank in range(2)] == [2, 1]
+    if method == "pgd":  # another step, or the second stage, draws other starts
+        first = share_crafting(config, keys, 6).generators[0]
+        for other in ((1, 2, 4), (1, 2, 3, 1)):
+            assert not torch.equal(torch.rand(4, generator=share_crafting(config, other, 6).generators[0]),
+                                   torch.rand(4, generator=first))
+
+
 @pytest.mark.parametrize("method", ["fgsm", "pgd"])
 def test_adversarial_batches_stay_within_eps_and_in_range(method):
     model = stand_in_quality_model(spread=200.0).train()
@@ -107,13 +146,14 @@ def test_adversarial_batches_stay_within_eps_and_in_range(method):
     images, mos = as_loaded(clean_uint8), torch.tensor([10.0, 30.0, 50.0, 70.0, 90.0])
     config = TrainConfig(dataset="csv", adv_train=method, adv_eps=8 / 255, adv_ratio=0.6, adv_steps=None)
     batch = adversarial_batch(model, images, mos, config, (0.0, 100.0), torch.Generator().manual_seed(2))
-    adversarial = batch.pixels[:batch.count]
-    change = adversarial - clean_uint8[:3].float() / 255
-    assert batch.count == 3 and model.training  # the attack restored train mode
+    chosen, kept = [0, 1, 3], [2, 4]  # 3 of 5, evenly spaced: floor(j * 5 / 3)
+    assert batch.views.tolist() == chosen and model.training  # the attack restored train mode
+    adversarial = batch.pixels[chosen]
+    change = adversarial - clean_uint8[chosen].float() / 255
     assert change.abs().max() <= 8 / 255 + EPS_TOLERANCE and change.abs().max() > 7 / 255
     assert adversarial.min() >= -EPS_TOLERANCE and adversarial.max() <= 1 + EPS_TOLERANCE
-    assert torch.equal(batch.pixels[3:], images[3:]) and torch.equal(batch.labels[3:], mos[3:])  # the clean share
-    assert (batch.labels[:3] < mos[:3]).all() and batch.similarity.shape == (3,)
+    assert torch.equal(batch.pixels[kept], images[kept]) and torch.equal(batch.labels[kept], mos[kept])  # clean
+    assert (batch.labels[chosen] < mos[chosen]).all() and batch.similarity.shape == (3,)
 
 
 def test_up_raises_every_score_and_away_pushes_from_the_middle():
@@ -130,6 +170,32 @@ def test_up_raises_every_score_and_away_pushes_from_the_middle():
         assert torch.equal(torch.sign(moved), expected)
     assert attack_middle("away", "bid", (0.0, 5.0)) == 2.5 and attack_middle("up", "livec", (0.0, 100.0)) == math.inf
     assert attack_middle("up", "csiq", (0.0, 1.0)) == -math.inf  # a DMOS: higher quality is a lower score
+
+
+def test_the_label_range_is_the_training_sets_lowest_and_highest_mos_unless_nominal():
+    config = TrainConfig(dataset="koniq-10k", adv_train="fgsm")
+    assert label_range(config, [61.2, 12.5, 80.0, 33.0], (0.0, 100.0)) == (12.5, 80.0)
+    nominal = TrainConfig(dataset="koniq-10k", adv_train="fgsm", adv_label_range="nominal")
+    assert label_range(nominal, [61.2, 12.5, 80.0], (0.0, 100.0)) == (0.0, 100.0)
+    # KonIQ's extremes, as Chistyakova et al.'s code hard-codes them: 80 - 0.1 * (88.39 - 3.91)
+    koniq = (3.91, 88.39)
+    assert corrected_labels(torch.tensor([80.0, 5.0]), torch.tensor([0.9, 0.5]), 1.0, koniq).tolist() == \
+        pytest.approx([80.0 - 0.1 * 84.48, 3.91])
+    with pytest.raises(ValueError, match="use --adv_label_range nominal"):
+        label_range(config, [50.0, 50.0], (0.0, 100.0))
+    with pytest.raises(ValueError, match="unknown adv_label_range 'test'; valid: train, nominal"):
+        TrainConfig(adv_label_range="test")
+
+
+def test_the_solver_corrects_labels_within_the_training_sets_range(tmp_path):
+    fake_datasets.make_csv(tmp_path / "data", count=5)
+    split = split_samples(folders.list_samples("csv", tmp_path / "data"), "csv", seed=0)
+    training_mos = [sample.mos for sample in split[0]]
+    for setting, expected in (("train", (min(training_mos), max(training_mos))), ("nominal", (0.0, 100.0))):
+        config = TrainConfig(dataset="csv", batch_size=2, train_patch_num=1, adv_train="fgsm", adv_label_range=setting)
+        crafting = solver(config, split, tmp_path / setting).crafting(0, 0)
+        assert crafting.label_range == pytest.approx(expected) and crafting.views == [0]
+    assert (min(training_mos), max(training_mos)) != (0.0, 100.0)  # the two ranges differ
 
 
 def test_the_label_correction_by_hand():
@@ -149,7 +215,7 @@ def test_the_label_correction_by_hand():
 @pytest.mark.parametrize("if_grad", [False, True])
 def test_an_at_step_follows_its_loss_and_lowers_the_loss_on_its_adversarial_examples(if_grad):
     """The step's parameter gradients are those of L1 on the mixed batch (adversarial patches with
-    their SSIM-corrected labels first, then the clean ones), plus NT's penalty on it with --if_grad,
+    their SSIM-corrected labels in place of views 0 and 2, the others clean), plus NT's penalty on it with --if_grad,
     rebuilt here from attacks.fgsm and ssim on a copy of the model; the step then lowers that loss."""
     config = TrainConfig(dataset="csv", batch_size=4, adv_train="fgsm", adv_eps=16 / 255, adv_ratio=0.5,
                          if_grad=if_grad, weight=0.5, lr=1e-3, lr_ratio=1.0)
@@ -157,10 +223,13 @@ def test_an_at_step_follows_its_loss_and_lowers_the_loss_on_its_adversarial_exam
     images, pixels = as_loaded(clean_uint8), clean_uint8.float() / 255
     model, reference = StandInScoreModel().train(), StandInScoreModel().train()
 
-    adversarial = attacks.fgsm(HYPERIQA.quality_model(reference), pixels[:2], eps=16 / 255, middle=50.0).adversarial
-    labels = (mos[:2] - (1 - ssim(pixels[:2], adversarial)) * 100).clamp(0, 100)
-    assert (mos[:2] - labels).min() > 1  # the correction matters
-    mixed, targets = models.normalize(torch.cat([adversarial, pixels[2:]])), torch.cat([labels, mos[2:]])
+    chosen = [0, 2]  # half of 4, evenly spaced
+    adversarial = attacks.fgsm(HYPERIQA.quality_model(reference), pixels[chosen], eps=16 / 255, middle=50.0).adversarial
+    labels = (mos[chosen] - (1 - ssim(pixels[chosen], adversarial)) * 100).clamp(0, 100)  # the nominal 0-100
+    assert (mos[chosen] - labels).min() > 1  # the correction matters
+    mixed, targets = pixels.clone(), mos.clone()
+    mixed[chosen], targets[chosen] = adversarial, labels
+    mixed = models.normalize(mixed)
 
     def loss_of(net):
         return nt_loss(net, mixed, targets, weight=0.5).total if if_grad else F.l1_loss(net(mixed), targets)
@@ -265,6 +334,7 @@ def test_a_tiny_at_run_resumes_and_writes_a_checkpoint_that_loads_strictly(tmp_p
     monkeypatch.setattr(HyperIQASolver_module, "StopRequest", StopAfterTheFirstStep)
     status, out, err = run_main(train_test_IQA_sparsity, argv, capsys, monkeypatch)
     assert status == 130 and "Adversarial training: fgsm, eps 0.0157, 1 step(s) of 0.0157" in out
+    assert "label ssim (lambda 1, range train)" in out
     monkeypatch.setattr(HyperIQASolver_module, "StopRequest", StopRequest)
     status, out, err = run_main(train_test_IQA_sparsity, [*argv, "--resume"], capsys, monkeypatch)
     assert status == 0, err

@@ -5,6 +5,7 @@ import torch
 
 import attacks
 import models
+from families.base import Normalization, QualityModel
 from tests import recipe
 from tests.stand_in import StandInScoreModel, stand_in_quality_model
 
@@ -73,6 +74,15 @@ def test_each_attack_has_its_own_default_steps():
     alpha, steps = attacks.attack_settings("pgd", 0.02)
     assert steps == attacks.PGD_STEPS == 10 and alpha == pytest.approx(2.5 * 0.02 / 10)
     assert attacks.attack_settings("pgd", 0.02, alpha=0.001, steps=3) == (0.001, 3)
+    assert attacks.attack_settings("pgd", 0.02, steps=4)[0] == pytest.approx(2.5 * 0.02 / 4)
+
+
+def test_pgd_called_without_a_step_size_takes_the_documented_default(model, pixels):
+    def run(**settings):
+        return attacks.pgd(model, pixels, eps=0.03, steps=4, generator=torch.Generator().manual_seed(0),
+                           **settings).adversarial
+    torch.testing.assert_close(run(), run(alpha=2.5 * 0.03 / 4), rtol=0, atol=0)
+    assert not torch.equal(run(), run(alpha=0.01))
 
 
 def test_mifgsm_and_square_defaults():
@@ -140,8 +150,83 @@ def test_square_attack_is_seeded_and_independent_of_chunking(model, pixels):
     first = run(0, 6)
     torch.testing.assert_close(run(0, 4), first, rtol=0, atol=PIXEL_TOL)
     assert not torch.allclose(run(1, 6), first)
-    moved = (first - pixels).abs()
-    assert ((moved < PIXEL_TOL) | ((moved - 0.03).abs() < PIXEL_TOL) | (first == 0) | (first == 1)).all()  # vertices
+    assert_on_vertices(first, pixels, 0.03)
+
+
+def assert_on_vertices(adversarial: torch.Tensor, clean: torch.Tensor, eps: float) -> None:
+    """Every pixel at clean + eps or clean - eps, clipped to [0, 1]: a pixel left unmoved fails, unless
+    clipping put it back (clean 0 moved down, clean 1 moved up)."""
+    up, down = (clean + eps).clamp(0, 1), (clean - eps).clamp(0, 1)
+    assert (((adversarial - up).abs() < PIXEL_TOL) | ((adversarial - down).abs() < PIXEL_TOL)).all()
+
+
+class RecordingNetwork(torch.nn.Module):
+    """Scores every image 50 (so no candidate of the square attack ever beats the one before) and keeps
+    each batch it was given: the queries, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.queries.append(x.detach().clone())
+        return torch.full((x.shape[0],), 50.0, dtype=x.dtype)
+
+
+def square_queries(clean: torch.Tensor, eps: float, queries: int) -> list[torch.Tensor]:
+    """What the square attack asks a model that never improves: the clean images, then one candidate
+    (B, 3, H, W) per query, in pixel units (the model's normalization is the identity)."""
+    network = RecordingNetwork()
+    model = QualityModel(network, Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    attacks.square(model, clean, eps=eps, queries=queries, generator=torch.Generator().manual_seed(0))
+    return network.queries
+
+
+SQUARE_SIDE = 48
+# The paper's schedule for a budget of 20 queries on 48 x 48 images (2304 pixels), worked out by hand:
+# window query k (0-based) sits at k / 20 * 10000 = 500 k of the paper's 10000 queries, so p_init = 0.05
+# is halved 0, 3, 4, 5, 5, 6, ... times (milestones 10, 50, 200, 500, 1000, 2000, 4000); the side is
+# round(sqrt(p * 2304)): 11, 4, 3, 2, 2, 1, then 1 to the end.
+SQUARE_SIDES_OF_20_QUERIES = [11, 4, 3, 2, 2] + [1] * 14
+
+
+def test_square_attack_starts_from_vertical_stripes_with_a_sign_per_column_and_channel():
+    clean = 0.25 + 0.5 * torch.rand(6, 3, SQUARE_SIDE, SQUARE_SIDE, generator=torch.Generator().manual_seed(3))
+    asked = square_queries(clean, 0.03, 20)
+    assert len(asked) == 1 + 20 and torch.equal(asked[0], clean)  # the clean scores, then 20 queries
+    stripes = asked[1] - clean
+    assert_on_vertices(asked[1], clean, 0.03)
+    signs = stripes.sign()
+    assert torch.equal(signs, signs[:, :, :1, :].expand_as(signs))  # one sign down each column
+    per_column = signs[:, :, 0, :]  # (B, 3, W)
+    assert ((per_column > 0).any(dim=2) & (per_column < 0).any(dim=2)).all()  # stripes, not one flat shift
+    assert (per_column[:, 0] != per_column[:, 1]).any()  # each channel its own signs
+
+
+def test_each_square_query_sets_one_window_of_the_scheduled_side_with_one_sign_per_channel():
+    clean = 0.25 + 0.5 * torch.rand(6, 3, SQUARE_SIDE, SQUARE_SIDE, generator=torch.Generator().manual_seed(4))
+    asked = square_queries(clean, 0.03, 20)
+    stripes, channel_signs_differ = asked[1], False
+    for query, (candidate, side) in enumerate(zip(asked[2:], SQUARE_SIDES_OF_20_QUERIES)):
+        assert_on_vertices(candidate, clean, 0.03)
+        # No candidate ever won, so each one is the stripes with one window set anew: the window's
+        # rows change wherever a column's new sign differs from its stripe in any channel.
+        changed = (candidate != stripes).any(dim=1)  # (B, H, W)
+        full_width = False
+        for image in range(len(clean)):
+            rows = changed[image].any(dim=1).nonzero().flatten()
+            columns = changed[image].any(dim=0).nonzero().flatten()
+            if rows.numel() == 0:
+                continue  # the window's new signs equal the stripes it covers
+            top, bottom, left, right = rows.min(), rows.max() + 1, columns.min(), columns.max() + 1
+            assert bottom - top == side and rows.numel() == side, (query, image)  # whole rows of the window
+            assert right - left <= side, (query, image)
+            full_width |= bool(right - left == side)
+            window = (candidate - clean)[image, :, top:bottom, left:right].sign().flatten(1)  # (3, pixels)
+            assert torch.equal(window, window[:, :1].expand_as(window)), (query, image)  # one sign per channel
+            channel_signs_differ |= bool((window[:, 0] != window[0, 0]).any())
+        assert full_width, query
+    assert channel_signs_differ
 
 
 def test_square_size_follows_the_paper_schedule():
@@ -152,6 +237,59 @@ def test_square_size_follows_the_paper_schedule():
     assert attacks.square_fraction(1, 100) == p / 4  # rescaled to 10000 queries: index 100
     assert attacks.square_side(0.05, 224, 224) == 50  # round(sqrt(0.05 * 224 * 224))
     assert attacks.square_side(1e-6, 224, 224) == 1 and attacks.square_side(1.0, 16, 20) == 15
+
+
+class BumpyScoreModel(torch.nn.Module):
+    """A small, far from linear score model of pixels (B, 3, H, W) -> (B,), seeded: along an attack
+    its input gradient turns and changes size, so MI-FGSM's momentum and its l1 normalization of
+    each gradient both change the result (on the near-linear stand-in, normalizing changes nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv1, self.conv2, self.head = torch.nn.Conv2d(3, 6, 3), torch.nn.Conv2d(6, 4, 3), torch.nn.Linear(4, 1)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(1.5 * torch.randn(parameter.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.tanh(self.conv2(torch.tanh(4 * self.conv1(x))))
+        return 50 + 30 * torch.tanh(self.head((features * features).mean(dim=(2, 3)))).view(-1)
+
+
+def reference_mifgsm(network, clean, eps, alpha, steps, middle, momentum=1.0, normalize=True) -> torch.Tensor:
+    """MI-FGSM written out from Dong et al., one image at a time: g_t = momentum * g_(t-1) + grad_t /
+    ||grad_t||_1, x_(t+1) = clip(project(x_t + alpha * sign(g_t))), the score pushed down when the
+    clean score is above `middle`, else up. `normalize=False` leaves the l1 normalization out."""
+    adversarial = []
+    for image in clean:
+        start = image[None]
+        direction = -1.0 if network(start).item() > middle else 1.0
+        x, g = start.clone(), torch.zeros_like(start)
+        for _ in range(steps):
+            x.requires_grad_(True)
+            (grad,) = torch.autograd.grad(direction * network(x).sum(), x)
+            g = momentum * g + (grad / grad.abs().sum() if normalize else grad)
+            x = torch.clamp(torch.min(torch.max(x.detach() + alpha * g.sign(), start - eps), start + eps), 0, 1)
+        adversarial.append(x)
+    return torch.cat(adversarial)
+
+
+def test_mifgsm_is_dong_et_al_in_float64_on_a_nonlinear_model():
+    network = BumpyScoreModel().double()
+    clean = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        middle = network(clean).median().item()
+    eps, steps = 0.1, 6
+    settings = (network, clean, eps, eps / steps, steps, middle)
+    expected = reference_mifgsm(*settings)
+    model = QualityModel(network, Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    torch.testing.assert_close(attacks.mifgsm(model, clean, eps, steps=steps, middle=middle).adversarial, expected,
+                               rtol=0, atol=1e-12)
+    # The check can tell: without the momentum, or without the normalization, many pixels end elsewhere.
+    for variant in (dict(momentum=0.0), dict(normalize=False)):
+        moved = (reference_mifgsm(*settings, **variant) - expected).abs() > eps / steps / 2
+        assert moved.flatten(1).float().mean(dim=1).min() > 0.1, variant
 
 
 def test_mifgsm_without_momentum_is_iterative_fgsm(model, pixels):
@@ -183,9 +321,20 @@ def test_one_iterative_fgsm_step_moves_every_pixel_by_alpha_where_not_clipped(mo
     torch.testing.assert_close((adversarial - inner).abs(), torch.full_like(inner, 0.01), rtol=0, atol=PIXEL_TOL)
 
 
-def test_fgsm_is_one_step_of_eps(model, pixels):
-    torch.testing.assert_close(attacks.fgsm(model, pixels, eps=0.02).adversarial,
-                               attacks.iterative_fgsm(model, pixels, eps=0.02, alpha=0.02, steps=1).adversarial)
+def test_fgsm_is_one_step_of_eps_along_the_sign_of_the_gradient(model, pixels):
+    # Goodfellow et al.: x' = clip(x + eps * direction * sign(d score / d x)), with the model in eval mode
+    # and the direction from the clean score (down above the middle, else up).
+    model.eval()
+    x = pixels.clone().requires_grad_(True)
+    scores = model(x)
+    (grad,) = torch.autograd.grad(scores.sum(), x)
+    middle = scores.median().item()
+    direction = torch.where(scores.detach() > middle, -1.0, 1.0)
+    assert (grad != 0).all() and (direction > 0).any() and (direction < 0).any()
+    expected = (pixels + 0.02 * direction[:, None, None, None] * grad.sign()).clamp(0, 1)
+    model.train()
+    torch.testing.assert_close(attacks.fgsm(model, pixels, eps=0.02, middle=middle).adversarial, expected,
+                               rtol=0, atol=PIXEL_TOL)
 
 
 def test_batched_chunked_and_one_by_one_attacks_agree(model, pixels):
@@ -204,6 +353,16 @@ def test_pgd_start_is_seeded_and_independent_of_chunking(model, pixels):
     first = run(0, 6)
     torch.testing.assert_close(run(0, 2), first, rtol=0, atol=PIXEL_TOL)
     assert not torch.allclose(run(1, 6), first)
+
+
+def test_pgd_with_one_generator_per_image_draws_each_start_from_that_generator_alone(model, pixels):
+    def generators(seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+    batched = attacks.pgd(model, pixels, steps=2, generator=generators(range(6))).adversarial
+    alone = [attacks.pgd(model, pixels[i:i + 1], steps=2, generator=generators([i])).adversarial for i in range(6)]
+    torch.testing.assert_close(batched, torch.cat(alone), rtol=0, atol=PIXEL_TOL)  # whatever shares the batch
+    with pytest.raises(ValueError, match="one generator per image: got 2 generators for 6 images"):
+        attacks.pgd(model, pixels, steps=2, generator=generators([0, 1]))
 
 
 def test_model_mode_is_restored_and_no_parameter_gradient_accumulates(model, pixels):
@@ -260,8 +419,15 @@ def test_score_patches_gives_a_normal_tensor(model, pixels):
 def test_invalid_attack_settings_are_rejected(model, pixels):
     with pytest.raises(ValueError, match="eps and alpha must be > 0"):
         attacks.iterative_fgsm(model, pixels, eps=0)
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         attacks.iterative_fgsm(model, pixels, steps=0)
+    for attack in ("pgd", "mifgsm"):  # their default step size divides by the steps
+        with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+            attacks.attack_settings(attack, 0.03, steps=0)
+        with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+            attacks.run_attack(attack, model, pixels, 0.03, None, 0)
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        attacks.mifgsm(model, pixels, steps=0)
     with pytest.raises(ValueError, match="valid: fgsm, ifgsm, pgd, mifgsm, square"):
         attacks.run_attack("cw", model, pixels, 0.03, 0.01, 1)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):

@@ -10,10 +10,11 @@ import torch
 
 import data_loader
 import checkpoints
+import distributed
 import folders
 import HyperIQASolver
 import models
-from tests import fake_datasets
+from tests import fake_datasets, gradient_steps
 from tests.interrupt import interrupt_when
 from tests.stand_in import StandInScoreModel
 from train_config import TrainConfig
@@ -49,7 +50,7 @@ def livec(tmp_path) -> Path:
     return tmp_path / "livec"
 
 
-def test_nt_gradients_of_two_processes_are_those_of_one_process_on_the_global_batch(tmp_path):
+def test_nt_and_at_gradients_of_two_processes_are_those_of_one_process_on_the_global_batch(tmp_path):
     fake_datasets.make_csv(tmp_path / "data", count=9)
     labels = tmp_path / "data" / "labels.csv"
     # 7 images in batches of 4: 4 + 3 (shares 2 + 2, then 2 + 1); 9 images: 4 + 4 + 1 (a placeholder)
@@ -58,20 +59,13 @@ def test_nt_gradients_of_two_processes_are_those_of_one_process_on_the_global_ba
     two_processes = torch.load(tmp_path / "steps.pt", weights_only=True)
 
     samples = folders.list_samples("csv", labels)
-    config = TrainConfig(dataset="csv", batch_size=4, if_grad=True, weight=0.5, train_patch_num=1)
-    network = StandInScoreModel().double().eval()
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
-    one_process = []
-    for count in (7, 9):
-        views = models.get_family("hyperiqa").views("csv", True, 1)
-        for images, mos, _ in data_loader.make_train_loader(samples[:count], "csv", views, 4).batches(0):
-            HyperIQASolver.train_step(network, models.get_family("hyperiqa"), optimizer, images.double(), mos.double(),
-                                      config)
-            one_process.append([p.grad.clone() for p in network.parameters()])
-    assert len(two_processes) == len(one_process) == 5
-    for step, (ours, reference) in enumerate(zip(two_processes, one_process)):
-        for a, b in zip(ours, reference):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=f"step {step}")
+    assert sorted(two_processes) == sorted(gradient_steps.STEP_CONFIGS) == ["nt", "pgd"]
+    for name, steps in two_processes.items():  # NT, and adversarial training with PGD (random starts)
+        one_process = gradient_steps.gradients_of_each_step(distributed.Processes(), samples, 4, [7, 9], name)
+        assert len(steps) == len(one_process) == 5
+        for step, (ours, reference) in enumerate(zip(steps, one_process)):
+            for a, b in zip(ours, reference):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=f"{name}, step {step}")
 
 
 def test_two_processes_print_one_table_and_resume_after_ctrl_c_to_the_same_checkpoint(livec, tmp_path):
@@ -152,3 +146,73 @@ def test_batches_of_several_processes_deal_every_entry_once():
     with pytest.raises(ValueError, match="--batch_size 6 is the batch over all 4 processes"):
         data_loader.ViewLoader([], "csv", models.get_family("hyperiqa").views("csv", True, 1), 6, train=True,
                                world_size=4)
+
+
+class CountingBatchNorm(torch.nn.BatchNorm2d):
+    """A BatchNorm that notes how many entries each of its own forwards computes statistics over."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.entries.append(x.shape[0])
+        return super().forward(x)
+
+
+class CountingSyncBatchNorm(torch.nn.SyncBatchNorm):
+    """The same for SyncBatchNorm (outside a process group, on the CPU, it computes as a BatchNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.entries.append(x.shape[0])
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("layer", [CountingBatchNorm, CountingSyncBatchNorm])
+def test_a_placeholder_stays_out_of_batchnorms_batch_and_running_statistics(layer):
+    """The placeholder of a process left without an entry (index -1, loss weight 0) takes part in the
+    step (forwards, NT's input gradient, backward) while BatchNorm's statistics see none of it: its
+    layers compute their statistics over 0 entries (what a SyncBatchNorm then sends the others, and
+    PyTorch leaves out), their running statistics stay, and its gradients are zeros."""
+    family = models.get_family("hyperiqa")
+    network = StandInScoreModel().train()
+    norm = layer(8)
+    norm.load_state_dict(network.res[1].state_dict())
+    norm.entries, network.res[1] = [], norm
+    with torch.no_grad():  # running statistics of a trained model, not the initial 0 and 1
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+    config = TrainConfig(dataset="csv", batch_size=2, if_grad=True, train_patch_num=1)
+    pixels, mos = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([40.0])
+
+    def step(index: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        before = (norm.running_mean.clone(), norm.running_var.clone())
+        loss, _ = HyperIQASolver.share_step(network, family, optimizer, pixels, mos, torch.tensor([index]), 2, 2,
+                                            config)
+        moved = [not torch.equal(a, b) for a, b in zip(before, (norm.running_mean, norm.running_var))]
+        return loss, moved, [p.grad for p in network.parameters()]
+
+    loss, moved, grads = step(-1)  # the placeholder
+    assert norm.entries == [0, 0]  # NT's clean and shifted forwards, each over no entry
+    assert moved == [False, False] and network.training
+    assert loss == 0 and all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    norm.entries = []
+    loss, moved, grads = step(3)  # a real entry of the same process: counted, and the running statistics move
+    assert norm.entries == [1, 1] and moved == [True, True] and loss > 0
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_a_batch_size_refused_under_torchrun_is_said_once(tmp_path, capsys, monkeypatch):
+    """--batch_size 4 with 3 processes: rank 0 says why; the other ranks end with status 1, silently."""
+    from train_test_IQA_sparsity import main, parse_args
+    from cli import run_main
+    monkeypatch.setattr(sys, "argv", ["train_test_IQA_sparsity.py"])
+    monkeypatch.setattr(distributed, "start", lambda device: distributed.Processes(
+        int(os.environ["RANK"]), 3, launched=True))
+    monkeypatch.setattr(distributed, "stop", lambda processes: None)
+    args = parse_args(["--dataset", "csv", "--dataset_path", str(tmp_path), "--batch_size", "4"])
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        with pytest.raises(SystemExit) as stopped:
+            run_main(main, args)
+        assert stopped.value.code == 1
+        said = capsys.readouterr().err
+        assert said == ("train_test_IQA_sparsity.py: error: --batch_size 4 is the batch over all 3 processes and "
+                        "must be divisible by their number; use a multiple of 3\n" if rank == 0 else ""), rank
