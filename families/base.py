@@ -83,6 +83,7 @@ class QualityModel(nn.Module):
     def __init__(self, network: nn.Module, normalization: Normalization, family: str = ""):
         super().__init__()
         self.network, self.normalization, self.family = network, normalization, family
+        self.training = network.training  # the wrapper's mode is the network's (eval_mode restores it)
 
     def inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """The network's input (B, 3, H, W) for pixels (B, 3, H, W) in [0, 1]."""
