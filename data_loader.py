@@ -327,13 +327,18 @@ class ViewLoader:
             raise ImageError(f"{self.describe(item.index)}: decoded as {item.pixels.shape[2]}x{item.pixels.shape[1]} "
                              f"pixels, but its header says {width}x{height}")
 
-    def patches_of(self, index: int, epoch: int = 0) -> torch.Tensor:
-        """uint8 views (count, 3, h, w) of image `index` in `epoch`: those its batches carry."""
+    def decoded_image(self, index: int) -> torch.Tensor:
+        """uint8 image `index` (3, H, W), decoded and resized as the protocol says: what its views are cut from."""
         item = self.images[index]
         if item.error:
             raise ImageError(item.error)
         self._check_size(item)
-        return torch.stack([cut_view(item.pixels, box, self.views) for box in self.crop_boxes(index, epoch)])
+        return item.pixels
+
+    def patches_of(self, index: int, epoch: int = 0) -> torch.Tensor:
+        """uint8 views (count, 3, h, w) of image `index` in `epoch`: those its batches carry."""
+        image = self.decoded_image(index)
+        return torch.stack([cut_view(image, box, self.views) for box in self.crop_boxes(index, epoch)])
 
     def _decoded(self, indices: list[int]) -> Iterator[DecodedImage]:
         if self.num_workers == 0 or not indices:

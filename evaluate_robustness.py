@@ -33,6 +33,12 @@ largest eps, one panel per checkpoint).
 
 With `--jpeg_quality`, the defense sees every input: clean patches are re-compressed too and the clean
 columns are their scores, so R measures the attack, not the compression.
+
+Beside these, the MSU metrics robustness benchmark's scores (msu_scores.py) in benchmark_scores.csv
+and its per-image CSV, benchmark_images.csv (msu_benchmark.py). `--attack_on image` attacks the
+image itself, scored through its test views (protocol.py), instead of each patch on its own;
+`--direction up` raises every predicted quality; `--preset msu` runs the benchmark's attacks with
+its settings, whole images, upwards, scored unrounded (`--unrounded`).
 """
 from __future__ import annotations
 
@@ -48,7 +54,6 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 import attacks
 import cli
@@ -56,10 +61,14 @@ import distributed
 import folders
 import metrics
 import models
+import msu_benchmark
 import plots
 import seeding
+from adversarial_training import attack_middle
 from data_loader import ViewLoader, make_test_loader
 from families.base import QualityModel
+from images import image_files
+from protocol import protocol_model
 from splits import split_samples
 
 FOLDER = "folder"  # --dataset value for a plain folder of images without MOS
@@ -92,8 +101,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"by default {attacks.PGD_STEPS} steps of {attacks.PGD_STEP_FRACTION} * eps / steps; "
                              f"--restarts), mifgsm (momentum {attacks.MIFGSM_MOMENTUM:g}; by default "
                              f"{attacks.MIFGSM_STEPS} steps of eps / steps), square (gradient-free: --queries "
-                             "score queries per image)")
+                             "score queries per image); the MSU benchmark's msu-ifgsm, msu-mifgsm, amifgsm, std-fgsm, "
+                             "madc, korhonen, uap (see attacks/__init__.py and the README)")
     cli.add_attack_arguments(parser, sweep=True)
+    parser.add_argument("--attack_on", choices=("patches", "image"), default="patches",
+                        help="patches: attack each test view on its own (the paper's table); image: attack the image "
+                             "itself, scored by the mean over its test views, the gradient through all of them")
+    parser.add_argument("--direction", choices=("away", "up"), default="away",
+                        help="away: push scores above the middle down and the others up (as released); up: raise "
+                             "every predicted quality (the MSU benchmark's goal; on a DMOS scale, lower the score)")
+    parser.add_argument("--unrounded", action="store_true",
+                        help="score the attacked images as the float tensors the attacks return, not rounded to 8 "
+                             "bits as a saved file would be (the MSU benchmark's way)")
+    parser.add_argument("--preset", choices=(msu_benchmark.PRESET,), default=None,
+                        help="msu: the MSU benchmark's attacks with its settings (replacing --attack, --eps, --alp and "
+                             "--step), --attack_on image, --direction up, --unrounded")
+    parser.add_argument("--uap_train_dir", default=None, metavar="DIR",
+                        help="folder of images to train the uap attack's universal perturbation on, once per "
+                             "checkpoint (saved to --out_dir as uap_{model}.npy)")
+    parser.add_argument("--uap_file", nargs="+", default=None, metavar="NPY",
+                        help="a trained universal perturbation (.npy, height x width x 3, ours or the benchmark's), "
+                             "one for every checkpoint or one per checkpoint")
     parser.add_argument("--patch_num", type=cli.positive_int, default=None,
                         help="random patches (views) per image, for a family that crops (default: the family's "
                              "released test number, 25 for HyperIQA's 224x224 patches)")
@@ -119,6 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"argument --eps: each value once, got {' '.join(map(str, args.eps))}")
     if args.score_range is not None and not args.score_range[0] < args.score_range[1]:
         parser.error(f"argument --score_range: needs LOW < HIGH, got {args.score_range[0]} {args.score_range[1]}")
+    if args.uap_train_dir and args.uap_file:
+        parser.error("argument --uap_file: give --uap_train_dir or --uap_file, not both")
+    msu_benchmark.apply_preset(args)
+    if args.direction == "up" and args.score_middle is not None:
+        parser.error("argument --score_middle: --direction up raises every score; it has no middle")
     if args.model is not None and len(args.model) not in (1, len(args.checkpoint)):
         parser.error(f"argument --model: one family for every checkpoint, or one per checkpoint "
                      f"({len(args.checkpoint)}); got {len(args.model)}")
@@ -127,13 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def folder_samples(folder: str) -> list[folders.Sample]:
     """Every image file (by extension Pillow knows) directly in `folder`, sorted, with MOS NaN."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    extensions = set(Image.registered_extensions())
-    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and os.path.splitext(n)[1].lower() in extensions)
-    if not names:
-        raise ValueError(f"no image files in {folder}")
-    return [folders.Sample(os.path.join(folder, n), math.nan, n) for n in names]
+    return [folders.Sample(path, math.nan, os.path.basename(path)) for path in image_files(folder)]
 
 
 def evaluation_samples(args: argparse.Namespace) -> list[folders.Sample]:
@@ -234,7 +261,7 @@ def evaluated_models(args: argparse.Namespace, samples: list[folders.Sample], de
         views = make_test_loader(samples, args.dataset, family.views(args.dataset, False, count), count, args.seed,
                                  args.round_index, input_sizes=family.input_sizes, model_name=family.display_name)
         low, high = args.score_range or folders.score_range(args.dataset, family.score_range)
-        middle = (low + high) / 2 if args.score_middle is None else args.score_middle
+        middle = attack_middle(args.direction, args.dataset, (low, high)) if args.score_middle is None else args.score_middle
         evaluated.append(Evaluated(str(path) if stems.count(stem) > 1 else stem, model, views, (low, high), middle))
     return evaluated
 
@@ -248,8 +275,8 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
         plots.check_matplotlib()  # before the work, not after it
     samples = distributed.main_first(processes, lambda: evaluation_samples(args))
     nets = evaluated_models(args, samples, device)
-    settings = [(attack, eps, *attacks.attack_settings(attack, eps, args.alp, args.step, args.queries))
-                for attack in args.attack for eps in args.eps]  # (attack, eps, step size, steps)
+    settings = msu_benchmark.attack_plan(args)  # (attack, eps, step size, steps)
+    uaps = msu_benchmark.prepare_uaps(args, nets, settings, processes.is_main)
 
     def defended(pixels: torch.Tensor) -> torch.Tensor:  # what the model is shown: JPEG-recompressed or not
         return attacks.jpeg_recompress(pixels, args.jpeg_quality) if args.jpeg_quality else pixels
@@ -257,6 +284,7 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
     clean = torch.zeros((len(nets), len(samples)), dtype=torch.float64)
     norms = torch.zeros_like(clean)
     attacked = torch.zeros((len(nets), len(settings), len(samples)), dtype=torch.float64)
+    similarities = torch.zeros((*attacked.shape, len(msu_benchmark.SIMILARITY)), dtype=torch.float64)
     mine = list(range(processes.rank, len(samples), processes.world_size))
     if processes.is_main:
         views = ", ".join(dict.fromkeys(net.views.views.describe() for net in nets))
@@ -271,21 +299,31 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
             if args.jpeg_quality:
                 scores = attacks.score_patches(net.model, defended(pixels), args.chunk_size)
             clean[k, index], norms[k, index] = scores.mean().item(), grad_norms.mean().item()
+            target, model = pixels, net.model  # what is attacked, and the model that scores it
+            if args.attack_on == "image":  # the image itself, scored through the same views
+                target = net.views.decoded_image(index).to(device).float().div_(255.0)[None]
+                model = protocol_model(net.model, net.views.views, net.views.crop_boxes(index, 0), args.chunk_size)
+            low, high = net.score_range
             for a, (attack, eps, alpha, steps) in enumerate(settings):
-                result = attacks.run_attack(attack, net.model, pixels, eps, alpha, steps, net.middle,
+                result = attacks.run_attack(attack, model, target, eps, alpha, steps, net.middle,
                                             seeding.seeded_generator(args.seed, seeding.ATTACK_START, index),
-                                            args.chunk_size, restarts=args.restarts)
-                adversarial = defended(attacks.quantize_8bit(result.adversarial))
-                attacked[k, a, index] = attacks.score_patches(net.model, adversarial, args.chunk_size).mean().item()
+                                            args.chunk_size, restarts=args.restarts, score_width=high - low, uap=uaps[k])
+                shown = result.adversarial if args.unrounded else attacks.quantize_8bit(result.adversarial)
+                attacked[k, a, index] = attacks.score_patches(model, defended(shown), args.chunk_size).mean().item()
+                similarities[k, a, index] = torch.tensor(msu_benchmark.similarity(target, shown))
         if processes.is_main and (done % report_every == 0 or done == len(mine)):
             elapsed = time.monotonic() - started
             left = elapsed / done * (len(mine) - done)
             print(f"[{done}/{len(mine)}] {elapsed:.0f} s elapsed, about {left:.0f} s left",
                   file=sys.stderr, flush=True)
-    for scores in (clean, norms, attacked):  # each image was scored by one process, zeros elsewhere
+    for scores in (clean, norms, attacked, similarities):  # each image was scored by one process, zeros elsewhere
         distributed.all_sum(processes, scores)
     if processes.is_main:
         report(args, samples, nets, settings, clean.numpy(), norms.numpy(), attacked.numpy())
+        rows = msu_benchmark.write_benchmark_files(Path(args.out_dir), args, samples, [net.name for net in nets],
+                                                   settings, clean.numpy(), attacked.numpy(), similarities.numpy())
+        print("\nThe MSU benchmark's scores (msu_scores.py; gains: higher is a stronger attack):")
+        print(format_table(rows, msu_benchmark.PRINTED_COLUMNS))
 
 
 def report(args: argparse.Namespace, samples: list[folders.Sample], nets: list[Evaluated],
@@ -302,7 +340,7 @@ def report(args: argparse.Namespace, samples: list[folders.Sample], nets: list[E
                                   jpeg_quality=args.jpeg_quality))
     summary = summary_rows(rows, {net.name: net.score_range for net in nets})
     print(format_table(rows))
-    print(f"\nIntegral robustness over eps {' '.join(f'{eps:g}' for eps in sorted(args.eps))} "
+    print(f"\nIntegral robustness over eps {' '.join(f'{eps:g}' for eps in sorted({s[1] for s in settings}))} "
           "(1: the attack moved nothing; see metrics.integral_robustness):")
     print(format_table(summary, SUMMARY_COLUMNS))
     out_dir = Path(args.out_dir)
@@ -348,6 +386,8 @@ def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], summ
         "settings": {"dataset": args.dataset, "dataset_path": args.dataset_path, "split": args.split,
                      "split_file": args.split_file, "round": args.round_index, "patch_num": args.patch_num,
                      "seed": args.seed, "jpeg_quality": args.jpeg_quality, "square_queries": args.queries,
+                     "attack_on": args.attack_on, "direction": args.direction, "rounded": not args.unrounded,
+                     "preset": args.preset,
                      "pgd_restarts": args.restarts, "checkpoints": dict(zip(names, args.checkpoint)),
                      "models": {net.name: {"family": net.model.family, "views": net.views.views.describe(),
                                            "score_range": list(net.score_range), "score_middle": net.middle}

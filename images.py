@@ -44,6 +44,20 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"cannot decode image {path}: {exc}") from None
 
 
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """The paths of every image file (by an extension Pillow knows) directly in `folder`, sorted by
+    name, hidden files left out; raises FileNotFoundError for a missing folder, ImageError for one
+    without images."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    extensions = set(Image.registered_extensions())
+    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and os.path.splitext(n)[1].lower() in extensions)
+    if not names:
+        raise ImageError(f"no image files in {folder}")
+    return [os.path.join(folder, name) for name in names]
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of an image file, read from its header without decoding the pixels; a file
     whose header cannot be read raises the ImageError that `load_image` gives for it."""

@@ -23,8 +23,9 @@ TRAIN_SHUFFLE = 3  # permutation of the (image, patch) entries of a window: (TRA
 TEST_PATCHES = 4  # crop positions of a test image: (TEST_PATCHES, round, epoch, image)
 ATTACK_START = 5  # random starts and draws of an attack on an image: (ATTACK_START, image)
 ADVERSARIAL_TRAINING = 6  # random starts of the attacks made during training: (ADVERSARIAL_TRAINING, round, epoch, step)
+UAP_TRAINING = 7  # batches and crop boxes of a universal perturbation's training: (UAP_TRAINING,)
 STREAMS = {"split": SPLIT, "train_order": TRAIN_ORDER, "train_patches": TRAIN_PATCHES, "train_shuffle": TRAIN_SHUFFLE,
-           "test_patches": TEST_PATCHES, "attack_start": ATTACK_START, "adversarial_training": ADVERSARIAL_TRAINING}
+           "test_patches": TEST_PATCHES, "attack_start": ATTACK_START, "adversarial_training": ADVERSARIAL_TRAINING, "uap_training": UAP_TRAINING}
 
 
 def seed_everything(seed: int = DEFAULT_SEED) -> None:

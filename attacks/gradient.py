@@ -36,9 +36,13 @@ MIFGSM_MOMENTUM = 1.0  # decay factor mu of the accumulated gradient (Dong et al
 
 
 def _projected_sign_steps(model: QualityModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int,
-                          middle: float, start: torch.Tensor | None, momentum: float | None = None) -> AttackResult:
+                          middle: float, start: torch.Tensor | None, momentum: float | None = None, *,
+                          normalized: bool = True, whole_perturbation: bool = False) -> AttackResult:
     """The attack on one chunk (B, 3, H, W) in [0, 1]; `start`: None (the clean image) or a start point;
-    `momentum`: None (step along the gradient's sign) or MI-FGSM's decay factor."""
+    `momentum`: None (step along the gradient's sign) or MI-FGSM's decay factor, of a momentum of
+    l1-normalized gradients (`normalized`) or of raw ones; `whole_perturbation`: the perturbation is
+    kept whole (projected onto the eps-ball only) and the image clipped to [0, 1] where it is scored,
+    rather than the image clipped after every step (the two differ where a pixel meets 0 or 1)."""
     clean = pixels.detach()
     direction = None
     if start is not None:
@@ -47,7 +51,8 @@ def _projected_sign_steps(model: QualityModel, pixels: torch.Tensor, eps: float,
         clean_scores = clean_scores.clone()
         direction = attack_direction(clean_scores, middle)
     adversarial = clean.clone() if start is None else start.detach().clone()
-    accumulated = torch.zeros_like(clean)  # MI-FGSM's momentum of l1-normalized gradients
+    accumulated = torch.zeros_like(clean)  # MI-FGSM's momentum of (l1-normalized) gradients
+    perturbation = adversarial - clean  # kept whole with `whole_perturbation`
     for _ in range(steps):
         adversarial.requires_grad_(True)
         scores = model(adversarial)
@@ -56,12 +61,17 @@ def _projected_sign_steps(model: QualityModel, pixels: torch.Tensor, eps: float,
             direction = attack_direction(clean_scores, middle)
         (grad,) = torch.autograd.grad((scores * direction).sum(), adversarial)
         with torch.no_grad():
-            if momentum is not None:  # a vanishing gradient adds nothing (rather than 0 / 0)
-                l1 = grad.abs().sum(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
-                accumulated = momentum * accumulated + grad / l1
+            if momentum is not None:
+                if normalized:  # a vanishing gradient adds nothing (rather than 0 / 0)
+                    grad = grad / grad.abs().sum(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
+                accumulated = momentum * accumulated + grad
                 grad = accumulated
-            adversarial = adversarial + alpha * grad.sign()
-            adversarial = torch.min(torch.max(adversarial, clean - eps), clean + eps).clamp_(0.0, 1.0)
+            if whole_perturbation:
+                perturbation = (perturbation + alpha * grad.sign()).clamp_(-eps, eps)
+                adversarial = (clean + perturbation).clamp_(0.0, 1.0)
+            else:
+                adversarial = adversarial + alpha * grad.sign()
+                adversarial = torch.min(torch.max(adversarial, clean - eps), clean + eps).clamp_(0.0, 1.0)
     return AttackResult(adversarial.detach(), clean_scores)
 
 
@@ -104,12 +114,14 @@ def _uniform_noise(shape: torch.Size, generator: torch.Generator | Sequence[torc
 
 
 def _attack(model: QualityModel, pixels: torch.Tensor, eps: float, alpha: float, steps: int, middle: float,
-            chunk_size: int | None, start: torch.Tensor | None = None, momentum: float | None = None) -> AttackResult:
+            chunk_size: int | None, start: torch.Tensor | None = None, momentum: float | None = None,
+            **variant: bool) -> AttackResult:
+    """The projected sign steps on every chunk; `variant`: `_projected_sign_steps`'s keyword options."""
     check_pixels(pixels)
     _check_budget(eps, alpha, steps)
     starts = [None] * len(chunks(pixels, chunk_size)) if start is None else chunks(start, chunk_size)
     with eval_mode(model):
-        results = [_projected_sign_steps(model, chunk, eps, alpha, steps, middle, chunk_start, momentum)
+        results = [_projected_sign_steps(model, chunk, eps, alpha, steps, middle, chunk_start, momentum, **variant)
                    for chunk, chunk_start in zip(chunks(pixels, chunk_size), starts)]
     return AttackResult(torch.cat([r.adversarial for r in results]), torch.cat([r.clean_scores for r in results]))
 

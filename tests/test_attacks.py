@@ -45,7 +45,7 @@ SQUARE_TEST_QUERIES = 500
 SEVERAL_POINTS = 3.0
 
 
-@pytest.mark.parametrize("attack", attacks.ATTACKS)
+@pytest.mark.parametrize("attack", attacks.LINF_ATTACKS)
 def test_attack_stays_in_the_eps_ball_and_pixel_range_and_leaves_the_input(model, pixels, attack):
     before = pixels.clone()
     adversarial = attacks.run_attack(attack, model, pixels, eps=0.03, alpha=0.01, steps=5,
@@ -103,7 +103,7 @@ def directed_change(model, pixels, adversarial, middle) -> torch.Tensor:
 def every_attack(model, pixels, middle, seed: int = 0) -> dict[str, torch.Tensor]:
     """Adversarial images (B, 3, H, W) of every attack at eps 0.03 with its default settings."""
     results = {}
-    for name in attacks.ATTACKS:
+    for name in attacks.LINF_ATTACKS:
         alpha, steps = attacks.attack_settings(name, 0.03, queries=SQUARE_TEST_QUERIES)
         results[name] = attacks.run_attack(name, model, pixels, 0.03, alpha, steps, middle,
                                            torch.Generator().manual_seed(seed)).adversarial
