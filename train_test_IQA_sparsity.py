@@ -31,7 +31,7 @@ from attacks import PGD_STEP_FRACTION, PGD_STEPS
 from cli import (CHECKPOINT_DIR, add_device_argument, fraction, nonnegative_float, nonnegative_int, positive_float,
                  positive_int, run_main)
 from data_loader import DEFAULT_CACHE_GIB, DEFAULT_NUM_WORKERS, check_global_batch
-from HyperIQASolver import train_and_test
+from HyperIQASolver import check_images, train_and_test
 from models import PATCH_SIZE
 from nt_regularizer import NT_MODES
 from train_config import ADV_DIRECTIONS, ADV_LABELS, ADV_TRAIN_METHODS, SCHEDULES, TrainConfig
@@ -211,6 +211,7 @@ def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: dis
     """The training run of this process; rank 0 alone prints the table and writes the log."""
     check_global_batch(config.batch_size, processes.world_size)  # before any work
     samples = distributed.main_first(processes, lambda: folders.list_samples(args.dataset, root, args.seed))
+    check_images(config, samples, args.split_file)  # bad data stops the run before anything is written
     files = config.run_files(args.checkpoint_dir)
     resume = None if args.resume is None else (args.resume or files.state)
     log_path = files.log if args.log_file is None else (args.log_file or None)
