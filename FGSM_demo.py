@@ -76,6 +76,7 @@ def main(args: argparse.Namespace) -> None:
     family = models.get_family(model.family)
     patches = image_views(args.img_name, family.views(None, False, args.patch_num),
                           torch.Generator().manual_seed(args.seed), args.upscale_small, decoded=image)
+    family.check_size(*patches.shape[-2:], args.img_name)
     label = Path(checkpoint).stem if args.checkpoint else args.attacked_model
     save_dir = Path(args.save_dir or os.path.join(
         "adv_images_patches", f"IFGSM_{label}_{args.eps}_{args.step}_{args.patch_num}"))

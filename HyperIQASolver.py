@@ -200,6 +200,14 @@ def round_loaders(config: TrainConfig, train_samples: Sequence[Sample], test_sam
                          config.batch_size, config.seed, round_index, num_workers, **where))
 
 
+def check_images(config: TrainConfig, samples: Sequence[Sample], split_file: str | None = None) -> None:
+    """Build (and drop) the first round's loaders, which read every image header and check it against
+    the family's views: a missing, unreadable or too small image raises ImageError naming it, so that
+    the training script stops on bad data before it writes anything. Decodes nothing."""
+    train, test = split_samples(samples, config.dataset, config.seed, 0, split_file=split_file)
+    round_loaders(config, train, test, 0)
+
+
 class HyperIQASolver:
     """Trains and tests one model of any family on one train/test split (one round), as the released
     solver, through the stages of the family's released training (one for HyperIQA; DBCNN trains its

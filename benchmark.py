@@ -2,10 +2,15 @@
 
     python benchmark.py                          # batch size 4, CUDA when available; ~4 min on 2 CPU cores
     python benchmark.py --device cpu --quick     # one timed run per job, no memory: a rough look
+    python benchmark.py --model dbcnn --device cpu --batch_size 2   # DBCNN's training steps (448x448 crops)
 
 Each job is run "ours" (the code path that the training script, the demos and the robustness
 evaluation run) and "released" (the same job done the way the released code does it, written out
-in released_reference.py). Both get the same inputs on the same device:
+in released_reference.py). Both get the same inputs on the same device. The model is HyperIQA;
+`--model` names another family, whose training steps (the `train_*` jobs, by default all of them)
+are then timed the same way, on batches of its LIVEC training views (DBCNN: 448x448 crops), with
+its released loss and the optimizer of its last stage (DBCNN: Adam on every layer), the "released"
+side running its released loss in the released three-pass NT:
 
 | job | ours | released |
 |---|---|---|
@@ -14,6 +19,7 @@ in released_reference.py). Both get the same inputs on the same device:
 | NT, same setup | the same | three passes with our model placement: the gain of the shared forward alone |
 | training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
 | training step, AT fgsm / pgd | the same, with `--adv_train fgsm` (pgd: 10 steps), half the batch adversarial | OUR baseline step (and, for fgsm, our NT step): AT has no released counterpart, the ratio is its cost over ours |
+| training step, NT vs our baseline (`train_nt_vs_baseline`; not in HyperIQA's default list) | our NT step | OUR baseline step: what NT costs on top of the family's own step |
 | scoring, gradient norms, I-FGSM on the 25 patches of an image | `attacks`, batched in chunks (`--chunk_size`, default by device) | one patch at a time |
 | square attack, 20 queries on the 25 patches of an image (no released counterpart) | `attacks.square`, batched in chunks | the same function, one patch at a time (`chunk_size=1`) |
 | data loading, first epoch | a new `data_loader.make_train_loader`: image headers read, each image decoded once and kept, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
@@ -49,6 +55,7 @@ import torch
 from PIL import Image
 
 import attacks
+import checkpoints
 import cli
 import distributed
 import models
@@ -60,6 +67,7 @@ from measurement import (SIDES, Call, Job, cpu_peaks_in_fresh_processes, describ
                          run_json, synchronizer, table)
 from released_reference import (RELEASED_PATCH_NUM, ReleasedPatchDataset, released_gradient_norms,
                                 released_iterative_fgsm, released_scores, released_train_step)
+from families.base import BuildOptions
 from schedule import build_optimizer
 from train_config import TrainConfig
 
@@ -68,6 +76,7 @@ LIVEC_SIDE = 500  # LIVEC's photos are 500x500 JPEGs
 JPEG_QUALITY = 90
 SQUARE_BENCH_QUERIES = 20  # queries per patch in the square job: about the work of the 10-step attack
 QUICK = dict(repeats=1, long_repeats=1, warmup=1, images=8)
+OPTIMIZER_SETTINGS = ("lr", "lr_ratio", "weight_decay")  # taken from the family's released training defaults
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +105,8 @@ class Workbench:
 
     def __init__(self, args: argparse.Namespace, device: torch.device, workdir: Path):
         self.args, self.device, self.workdir = args, device, workdir
-        self.config = TrainConfig(batch_size=args.batch_size)
+        self.family = models.get_family(args.model)
+        self.config = self.training_config()
         self.epoch = 0  # the loaders draw new patches every run, as in training
         self.decodes = {side: 0 for side in SIDES}  # image decodes by the loaders, in this process
 
@@ -105,7 +115,7 @@ class Workbench:
         path = self.workdir / "hyperiqa.pth"
         if not path.exists():
             torch.manual_seed(0)
-            models.save_checkpoint(path, models.HyperIQA())
+            checkpoints.save_checkpoint(path, models.HyperIQA())
         return path
 
     @functools.cached_property
@@ -115,7 +125,7 @@ class Workbench:
     @functools.cached_property
     def eval_released(self) -> torch.nn.Module:
         model = models.HyperIQA()
-        models.load_checkpoint(model, self.checkpoint, map_location=self.device)
+        model.load_state_dict(checkpoints.read_checkpoint(self.checkpoint).state)
         return model.to(self.device).eval()  # the released layout: NCHW
 
     @functools.cached_property
@@ -125,11 +135,26 @@ class Workbench:
         shape = (PATCHES_PER_IMAGE, 3, models.PATCH_SIZE, models.PATCH_SIZE)
         return torch.rand(shape, generator=generator).to(self.device)
 
+    def training_config(self, **settings) -> TrainConfig:
+        """The TrainConfig of a training step of the family (its released lr, lr_ratio, weight decay)
+        with `settings` (e.g. if_grad=True, adv_train='fgsm')."""
+        defaults = {name: self.family.train_defaults[name] for name in OPTIMIZER_SETTINGS
+                    if name in self.family.train_defaults}
+        return TrainConfig(**{"model": self.family.name, "batch_size": self.args.batch_size, **defaults, **settings})
+
+    def optimizer(self, network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+        """The optimizer of the family's last stage (HyperIQA's only one; DBCNN's, every layer), prepared."""
+        stage = self.family.stages(config)[-1]
+        stage.prepare(network)
+        return stage.optimizer(network, config, 0)
+
     @functools.cached_property
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A training batch: pixels (B, 3, 224, 224) in [0, 1] and mos (B,) in 0-100."""
+        """A training batch: pixels (B, 3, h, w) in [0, 1], the size of the family's LIVEC training views
+        (HyperIQA: 224x224), and mos (B,) in 0-100."""
         generator = torch.Generator().manual_seed(2)
-        pixels = torch.rand((self.args.batch_size, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator)
+        height, width = self.family.views("livec", True, 1).view_size(LIVEC_SIDE, LIVEC_SIDE)
+        pixels = torch.rand((self.args.batch_size, 3, height, width), generator=generator)
         mos = 100 * torch.rand(self.args.batch_size, generator=generator)
         return pixels.to(self.device), mos.to(self.device)
 
@@ -141,12 +166,12 @@ class Workbench:
         """Our training step (`HyperIQASolver.train_step`) under the TrainConfig `settings` (e.g.
         if_grad=True, adv_train='fgsm') on a fresh model and optimizer built as training builds them."""
         torch.manual_seed(0)
-        config = TrainConfig(batch_size=self.args.batch_size, **settings)
-        model = models.build_model(device=self.device).train()
-        optimizer = build_optimizer(model, config, 0)
+        config = self.training_config(**settings)
+        model = models.build_network(config.model, BuildOptions(pretrained=False), self.device).train()
+        optimizer = self.optimizer(model, config)
         pixels, mos = self.batch
         generator = torch.Generator()  # PGD's random start under adversarial training
-        family = models.get_family(config.model)
+        family = self.family
         return lambda: train_step(model, family, optimizer, pixels, mos, config,
                                   crafting=Crafting(family.quality_model(model), generator.manual_seed(0)))
 
@@ -155,14 +180,13 @@ class Workbench:
         model placement and optimizer (so that only the three forward passes differ)."""
         torch.manual_seed(0)
         if our_setup:
-            model = models.build_model(device=self.device).train()
+            model = models.build_network(self.family.name, BuildOptions(pretrained=False), self.device).train()
         else:
-            model = models.HyperIQA().to(self.device).train()
-            models.init_backbone_from_scratch(model.res)
-        optimizer = build_optimizer(model, self.config, 0)  # the released Adam under the released schedule
+            model = self.family.build(BuildOptions(pretrained=False)).to(self.device).train()
+        optimizer = self.optimizer(model, self.config)  # HyperIQA: the released Adam under the released schedule
         pixels, mos = self.batch
-        images = models.normalize(pixels)  # the released loader hands normalized images
-        return lambda: released_train_step(model, optimizer, images, mos, nt, self.config)
+        images = self.family.normalization(pixels)  # the released loader hands normalized images
+        return lambda: released_train_step(model, optimizer, images, mos, nt, self.config, self.family.released_loss)
 
     def counted_decode(self, path: str) -> Image.Image:
         """Our loader's decoder, counting in `decodes` (decodes in worker processes are not counted)."""
@@ -248,6 +272,8 @@ JOBS = (
         lambda b: b.solver_step(adv_train="fgsm"), lambda b: b.solver_step(if_grad=True)),
     Job("train_at_pgd", "training step, AT pgd 10 steps (vs our baseline step)", _per_batch,
         lambda b: b.solver_step(adv_train="pgd"), lambda b: b.solver_step(), long=True),
+    Job("train_nt_vs_baseline", "training step, NT (vs our baseline step)", _per_batch,
+        lambda b: b.solver_step(if_grad=True), lambda b: b.solver_step()),
     Job("score", "scoring, 25 patches", _per_image,
         _ours(lambda b, m, x: attacks.score_patches(m, x, b.args.chunk_size)),
         _released(released_scores)),
@@ -269,10 +295,13 @@ JOBS = (
         lambda b: b.our_epoch(b.args.num_workers, first=False), lambda b: b.released_epoch()),
 )
 JOB_KEYS = tuple(job.key for job in JOBS)
+TRAINING_JOBS = tuple(key for key in JOB_KEYS if key.startswith("train_"))  # the jobs that take --model
+HYPERIQA_DEFAULT_JOBS = tuple(key for key in JOB_KEYS if key != "train_nt_vs_baseline")  # the README's table
 # (job, side) -> the (job, side) that runs the very same code: one memory measurement serves both.
 SAME_RUN = {("train_nt_same_setup", "ours"): ("train_nt", "ours"), ("train_nt_exact", "released"): ("train_nt", "released"),
             ("train_at_fgsm", "released"): ("train_baseline", "ours"), ("train_at_fgsm_vs_nt", "ours"): ("train_at_fgsm", "ours"),
-            ("train_at_fgsm_vs_nt", "released"): ("train_nt", "ours"), ("train_at_pgd", "released"): ("train_baseline", "ours")}
+            ("train_at_fgsm_vs_nt", "released"): ("train_nt", "ours"), ("train_at_pgd", "released"): ("train_baseline", "ours"),
+            ("train_nt_vs_baseline", "ours"): ("train_nt", "ours"), ("train_nt_vs_baseline", "released"): ("train_baseline", "ours")}
 
 
 def job_list(text: str) -> list[str]:
@@ -339,8 +368,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_device_argument(parser)
+    parser.add_argument("--model", choices=models.FAMILIES, default=models.DEFAULT_FAMILY,
+                        help="the family whose training steps the train_* jobs time (the other jobs time HyperIQA's "
+                             "released loops and take only hyperiqa); its batches are of its LIVEC training views")
     parser.add_argument("--batch_size", type=cli.positive_int, default=4,
-                        help="patches per training step and per loader batch")
+                        help="patches (training views) per training step and per loader batch")
     parser.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs per job (the median is reported)")
     parser.add_argument("--long_repeats", type=cli.positive_int, default=1,
                         help="timed runs of the 10-step jobs (the attack, warmed up by the 1-step attack, and "
@@ -353,7 +385,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk_size", type=cli.positive_int, default=None,
                         help="our patches per forward/backward pass in scoring, gradient norms and attacks "
                              "(default by device: attacks.default_chunk_size)")
-    parser.add_argument("--jobs", type=job_list, default=list(JOB_KEYS), help=f"comma-separated subset of: {', '.join(JOB_KEYS)}")
+    parser.add_argument("--jobs", type=job_list, default=None,
+                        help=f"comma-separated subset of: {', '.join(JOB_KEYS)} (default: all but train_nt_vs_baseline; "
+                             "with another --model, every train_* job)")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--quick", action="store_true",
                         help="a rough look: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items()) + ", --no_memory "
@@ -367,6 +401,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # JOB:SIDE, run by the memory measurement
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = list(HYPERIQA_DEFAULT_JOBS if args.model == models.DEFAULT_FAMILY else TRAINING_JOBS)
+    other = [key for key in args.jobs if key not in TRAINING_JOBS]
+    if args.model != models.DEFAULT_FAMILY and other:
+        parser.error(f"argument --jobs: {', '.join(other)}: HyperIQA's released loops only; with --model "
+                     f"{args.model} only the training-step jobs run: {', '.join(TRAINING_JOBS)}")
     if args.quick:  # its settings, except those given explicitly
         for key, value in QUICK.items():
             if getattr(args, key) == parser.get_default(key):
@@ -403,10 +443,13 @@ def main(args: argparse.Namespace) -> None:
             results.append(measure(job, bench, args, warm_job))
         if device.type == "cpu" and not args.no_memory:
             peaks = cpu_peaks_in_fresh_processes(os.path.abspath(__file__), [job.key for job in jobs], args,
-                                                 Path(workdir), SAME_RUN)
+                                                 Path(workdir), SAME_RUN, ["--model", args.model])
             results = [r._replace(peak_mib={side: peaks[r.job.key, side] for side in SIDES}) for r in results]
     chunk = args.chunk_size or attacks.default_chunk_size(device)
     print(f"Device: {describe_device(device)}; PyTorch {torch.__version__}")
+    if args.model != models.DEFAULT_FAMILY:
+        height, width = bench.batch[0].shape[-2:]
+        print(f"Model: {bench.family.display_name}, training views {width}x{height}")
     print(f"Batch size {args.batch_size}, attack/scoring chunk {chunk}, loader workers {args.num_workers}, "
           f"{args.images} images x {PATCHES_PER_IMAGE} patches per epoch; median of {args.repeats} runs "
           f"({args.long_repeats} for the 10-step and square attacks) after {args.warmup} warm-up")

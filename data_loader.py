@@ -182,7 +182,7 @@ class ViewLoader:
         problem = ""
         if self.views.crop is not None and (height < self.views.crop[0] or width < self.views.crop[1]):
             problem = (f"image of {width}x{height} pixels is smaller than the {self.views.crop[1]}x{self.views.crop[0]} "
-                       f"crop")
+                       f"crop of {self.model_name}'s protocol")
         elif self.input_sizes is not None:
             view_height, view_width = self.views.view_size(height, width)
             problem = self.input_sizes.problem(view_height, view_width)

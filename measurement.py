@@ -126,15 +126,16 @@ def probe_peak_mib(job: Job, side: str, bench) -> float:
 
 
 def cpu_peaks_in_fresh_processes(script: str, keys: list[str], args: argparse.Namespace, workdir: Path,
-                                 same_run: dict[tuple[str, str], tuple[str, str]]) -> dict[tuple[str, str], float]:
+                                 same_run: dict[tuple[str, str], tuple[str, str]],
+                                 extra_args: list[str] = ()) -> dict[tuple[str, str], float]:
     """Peak memory (MiB) of each job and side, each in its own fresh process of `script --probe
-    JOB:SIDE` (see `probe_peak_mib`); `same_run` maps a (job, side) to the one running the very same
-    code, whose measurement serves both."""
+    JOB:SIDE` (see `probe_peak_mib`) with `extra_args`; `same_run` maps a (job, side) to the one
+    running the very same code, whose measurement serves both."""
     peaks = {}
     for key, side in dict.fromkeys(same_run.get((key, side), (key, side)) for key in keys for side in SIDES):
         command = [sys.executable, script, "--probe", f"{key}:{side}", "--workdir", str(workdir),
                    "--device", "cpu", "--batch_size", str(args.batch_size), "--images", str(args.images),
-                   "--num_workers", str(args.num_workers)]
+                   "--num_workers", str(args.num_workers), *extra_args]
         if args.chunk_size is not None:
             command += ["--chunk_size", str(args.chunk_size)]
         peaks[key, side] = run_json(command, f"memory probe {key}:{side}")["peak_mib"]

@@ -105,6 +105,7 @@ def main(args: argparse.Namespace) -> None:
                          "compare a model with its own NT version")
     family = models.get_family(baseline.family)
     patches, source = demo_patches(args, family.views(None, False, args.patch_num), image)
+    family.check_size(*patches.shape[-2:], args.img_name)
     print(f"Patches: {source}")
 
     patches = patches.to(device)

@@ -12,12 +12,12 @@ image for it).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
 import attacks
 import models
+from families.base import ReleasedLoss, l1_loss
 from folders import Sample
 from nt_regularizer import DEFAULT_NT_H, DEFAULT_NT_WEIGHT, NTLoss, ScoreNetwork, finite_difference_penalty
 from train_config import TrainConfig
@@ -26,25 +26,26 @@ RELEASED_PATCH_NUM = 25  # the released train/test patch number
 
 
 def released_three_pass_nt_loss(model: ScoreNetwork, images: torch.Tensor, mos: torch.Tensor,
-                                weight: float = DEFAULT_NT_WEIGHT, h: float = DEFAULT_NT_H) -> NTLoss:
-    """The released NT formulation, three forward passes per step: one for the L1 loss, and a separate
-    clean forward plus a shifted forward for the penalty (nt_regularizer.nt_loss needs two)."""
-    scores = model(images)
-    l1 = F.l1_loss(scores, mos.to(scores.dtype))
+                                weight: float = DEFAULT_NT_WEIGHT, h: float = DEFAULT_NT_H,
+                                released_loss: ReleasedLoss = l1_loss) -> NTLoss:
+    """The released NT formulation, three forward passes per step: one for the released loss (HyperIQA:
+    L1; another family's `released_loss`), and a separate clean forward plus a shifted forward for the
+    penalty (nt_regularizer.nt_loss needs two)."""
+    loss, scores = released_loss(model, images, mos)
     probe = images.detach().requires_grad_(True)
     penalty = finite_difference_penalty(model, probe, model(probe), h)
-    return NTLoss(l1 + weight * penalty, l1, penalty, scores)
+    return NTLoss(loss + weight * penalty, loss, penalty, scores)
 
 
 def released_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                        mos: torch.Tensor, nt: bool, config: TrainConfig) -> float:
-    """One released training step on normalized images (B, 3, 224, 224) and mos (B,): L1 loss, or with
-    `nt` the three-pass NT loss. Returns the loss value."""
+                        mos: torch.Tensor, nt: bool, config: TrainConfig, released_loss: ReleasedLoss = l1_loss) -> float:
+    """One released training step on normalized images (B, 3, 224, 224) and mos (B,): the L1 loss (or
+    another family's `released_loss`), or with `nt` the three-pass NT loss. Returns the loss value."""
     optimizer.zero_grad()
     if nt:
-        loss = released_three_pass_nt_loss(model, images, mos, config.weight, config.h).total
+        loss = released_three_pass_nt_loss(model, images, mos, config.weight, config.h, released_loss).total
     else:
-        loss = F.l1_loss(model(images), mos)
+        loss = released_loss(model, images, mos)[0]
     loss.backward()
     optimizer.step()
     return loss.item()

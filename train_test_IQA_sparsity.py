@@ -31,7 +31,7 @@ from attacks import PGD_STEP_FRACTION, PGD_STEPS
 from cli import (CHECKPOINT_DIR, SameOnEveryProcess, add_device_argument, fraction, nonnegative_float, nonnegative_int,
                  positive_float, positive_int, run_main)
 from data_loader import DEFAULT_CACHE_GIB, DEFAULT_NUM_WORKERS, check_global_batch
-from HyperIQASolver import train_and_test
+from HyperIQASolver import check_images, train_and_test
 from models import PATCH_SIZE
 from nt_regularizer import NT_MODES
 from train_config import ADV_DIRECTIONS, ADV_LABEL_RANGES, ADV_LABELS, ADV_TRAIN_METHODS, SCHEDULES, TrainConfig
@@ -86,11 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     train = parser.add_argument_group("training")
     train.add_argument("--lr", type=positive_float, default=None,
-                       help="learning rate (HyperIQA: of the backbone; the hyper network starts at lr * lr_ratio); "
-                            + family_default("lr"))
+                       help="learning rate (HyperIQA: of the backbone; the hyper network starts at lr * lr_ratio; "
+                            "DBCNN: of stage 2, every layer) " + family_default("lr"))
     train.add_argument("--lr_ratio", type=positive_float, default=None,
-                       help="ratio of the learning rates of the family's two parameter groups (HyperIQA: hyper "
-                            "network / backbone at the start); " + family_default("lr_ratio"))
+                       help="ratio of the learning rates of the family's two parameter groups or stages (HyperIQA: "
+                            "hyper network / backbone at the start; DBCNN: stage 1, the linear layer, / stage 2); "
+                            + family_default("lr_ratio"))
     train.add_argument("--weight_decay", type=nonnegative_float, default=None,
                        help="the optimizer's L2 weight decay; " + family_default("weight_decay"))
     train.add_argument("--batch_size", type=positive_int, default=None,
@@ -113,10 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "(SyncBatchNorm, CUDA only) instead of each process's share, as released")
     train.add_argument("--no_pretrained", action="store_true",
                        help="initialize the backbone from scratch instead of with its ImageNet weights (HyperIQA: "
-                            "ResNet-50)")
+                            "ResNet-50; DBCNN: VGG-16, and the SCNN branch unless --scnn_weights)")
     train.add_argument("--backbone_weights", default=None,
-                       help="a state_dict file of the family's ImageNet backbone (HyperIQA: torchvision's resnet50) "
-                            "to use instead of torchvision's download/cache")
+                       help="a state_dict file of the family's ImageNet backbone (HyperIQA: torchvision's resnet50; "
+                            "DBCNN: vgg16) to use instead of torchvision's download/cache")
 
     nt = parser.add_argument_group("NT (gradient norm regularization)")
     nt.add_argument("--if_grad", action="store_true",
@@ -177,8 +178,9 @@ def add_family_options(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{family.display_name} only (--model {name})")
         for option in family.options:
             extra = {"action": option.action} if option.action else {"type": option.type}
-            group.add_argument(f"--{option.name}", default=None, help=f"{option.help} (default: {option.default})",
-                               **extra)
+            # SUPPRESS: absent when not given (the help states the family's default, not argparse's None)
+            group.add_argument(f"--{option.name}", default=argparse.SUPPRESS,
+                               help=f"{option.help} (default: {option.default})", **extra)
 
 
 def training_config(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
@@ -187,13 +189,12 @@ def training_config(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     family = models.get_family(args.model)
     for name in models.FAMILIES:
         for option in models.get_family(name).options:
-            if name != args.model and getattr(args, option.name) is not None:
+            if name != args.model and getattr(args, option.name, None) is not None:
                 raise ValueError(f"--{option.name} applies to --model {name}, not {args.model}")
     values = {name: getattr(args, name) for name in FAMILY_DEFAULTED}
     values = {name: family.train_defaults.get(name, getattr(DEFAULTS, name)) if value is None else value
               for name, value in values.items()}
-    chosen = {option.name: option.default if getattr(args, option.name) is None else getattr(args, option.name)
-              for option in family.options}
+    chosen = {option.name: getattr(args, option.name, option.default) for option in family.options}
     in_config = {option.name: chosen[option.name] for option in family.options if option.in_config}
     builder = {option.name: chosen[option.name] for option in family.options if not option.in_config}
     settings = {**vars(args), **values, "options": in_config}
@@ -217,6 +218,7 @@ def run(args: argparse.Namespace, config: TrainConfig, root: str, processes: dis
     except ValueError as exc:
         raise SameOnEveryProcess(str(exc)) from None  # said once, not by every process
     samples = distributed.main_first(processes, lambda: folders.list_samples(args.dataset, root, args.seed))
+    check_images(config, samples, args.split_file)  # bad data stops the run before anything is written
     files = config.run_files(args.checkpoint_dir)
     resume = None if args.resume is None else (args.resume or files.state)
     log_path = files.log if args.log_file is None else (args.log_file or None)

@@ -11,14 +11,16 @@ scores (B,). Its state_dict is the network's, so checkpoints keep the released k
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoints import Checkpoint, load_state_strictly
+from checkpoints import Checkpoint, load_state_strictly, read_checkpoint
 from views import Views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -97,6 +99,23 @@ class QualityModel(nn.Module):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def torchvision_state_dict(weights: Any, weights_path: str | None, what: str) -> Mapping[str, torch.Tensor]:
+    """The ImageNet weights of a backbone: the state_dict file `weights_path` when given, else
+    torchvision's `weights` (a Weights enum member, e.g. ResNet50_Weights.IMAGENET1K_V1) from the torch
+    hub cache, downloaded there if needed. FileNotFoundError with a one-line fix, naming `what` (e.g.
+    'ResNet-50') and the file to place where, when they cannot be had (offline)."""
+    if weights_path is not None:
+        return read_checkpoint(weights_path, map_location="cpu").state
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # offline: URLError, socket errors, hash mismatch of a partial file
+        raise FileNotFoundError(
+            f"cannot get the ImageNet {what} weights ({type(exc).__name__}): download {weights.url} to {cached}, "
+            "or pass --backbone_weights PATH, or train from scratch with --no_pretrained"
+        ) from None
 
 
 # (network, inputs (B, 3, H, W) normalized, mos (B,)) -> (loss, scores (B,) attached to the graph): one forward
@@ -209,6 +228,13 @@ class Family:
         if self.from_checkpoint is not None:
             return self.from_checkpoint(self, checkpoint, source)
         return load_state_strictly(self.architecture(), checkpoint.state, source, f"{self.display_name} ({self.name})")
+
+    def check_size(self, height: int, width: int, source: str) -> None:
+        """ValueError naming `source` (an image file), the family and the sizes it accepts, when a view of
+        `height` x `width` pixels does not fit its network."""
+        problem = self.input_sizes.problem(height, width)
+        if problem:
+            raise ValueError(f"{source}: {self.display_name} (--model {self.name}) {problem}")
 
     def quality_model(self, network: nn.Module) -> QualityModel:
         """`network` behind this family's normalization."""

@@ -17,16 +17,13 @@ never downloads anything (ImageNet weights are loaded explicitly by `load_imagen
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 
-from checkpoints import read_checkpoint
 from families.base import (IMAGENET_MEAN, IMAGENET_STD, BuildOptions, Family, InputSizes, Normalization, Stage,
-                           l1_loss)
+                           l1_loss, torchvision_state_dict)
 from schedule import advance_schedule, build_optimizer
 from views import Views
 
@@ -309,17 +306,7 @@ def load_imagenet_backbone(backbone: ResNetBackbone, weights_path: str | None = 
     from torchvision.models import ResNet50_Weights
 
     weights = ResNet50_Weights.IMAGENET1K_V1
-    if weights_path is not None:
-        state = read_checkpoint(weights_path, map_location="cpu").state
-    else:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-        try:
-            state = weights.get_state_dict(progress=True, check_hash=True)
-        except Exception as exc:  # offline: URLError, socket errors, hash mismatch of a partial file
-            raise FileNotFoundError(
-                f"cannot get the ImageNet ResNet-50 weights ({type(exc).__name__}): download {weights.url} "
-                f"to {cached}, or pass --backbone_weights PATH, or train from scratch with --no_pretrained"
-            ) from None
+    state = torchvision_state_dict(weights, weights_path, "ResNet-50")
     own = backbone.state_dict()
     resnet_keys = [k for k in own if not k.startswith("lda")]
     missing = [k for k in resnet_keys if k not in state]

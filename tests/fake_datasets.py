@@ -33,8 +33,8 @@ def _cells(names: list[str], shape: tuple[int, int]) -> np.ndarray:
     return cells
 
 
-def make_livec(root: Path, count: int = 4) -> list[tuple[str, float, str]]:
-    """ChallengeDB_release: 7 skipped entries (no files), then `count` images with MOS."""
+def make_livec(root: Path, count: int = 4, size: tuple[int, int] = (SIDE, SIDE)) -> list[tuple[str, float, str]]:
+    """ChallengeDB_release: 7 skipped entries (no files), then `count` images of `size` (width, height) with MOS."""
     skipped = [f"trainingImages/t{i}.bmp" for i in range(1, 8)]
     names = [f"{i + 10}.JPG" for i in range(count)]
     mos = [90.0, 70.0, 20.0, 30.0, 55.0, 61.5, 44.0, 12.0, 80.0, 33.0][:count]
@@ -45,7 +45,7 @@ def make_livec(root: Path, count: int = 4) -> list[tuple[str, float, str]]:
     scipy.io.savemat(root / "Data" / "AllMOS_release.mat",
                      {"AllMOS_release": np.array([[1.0] * 7 + mos])})
     for i, name in enumerate(names):
-        write_image(root / "Images" / name, seed=i)
+        write_image(root / "Images" / name, seed=i, size=size)
     return [(name, m, name) for name, m in zip(names, mos)]
 
 
