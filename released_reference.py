@@ -18,6 +18,7 @@ from PIL import Image
 
 import attacks
 import models
+from families.base import ReleasedLoss
 from folders import Sample
 from nt_regularizer import DEFAULT_NT_H, DEFAULT_NT_WEIGHT, NTLoss, ScoreNetwork, finite_difference_penalty
 from train_config import TrainConfig
@@ -26,14 +27,19 @@ RELEASED_PATCH_NUM = 25  # the released train/test patch number
 
 
 def released_three_pass_nt_loss(model: ScoreNetwork, images: torch.Tensor, mos: torch.Tensor,
-                                weight: float = DEFAULT_NT_WEIGHT, h: float = DEFAULT_NT_H) -> NTLoss:
-    """The released NT formulation, three forward passes per step: one for the L1 loss, and a separate
-    clean forward plus a shifted forward for the penalty (nt_regularizer.nt_loss needs two)."""
-    scores = model(images)
-    l1 = F.l1_loss(scores, mos.to(scores.dtype))
+                                weight: float = DEFAULT_NT_WEIGHT, h: float = DEFAULT_NT_H,
+                                released_loss: ReleasedLoss | None = None) -> NTLoss:
+    """The released NT formulation, three forward passes per step: one for the L1 loss (or a family's
+    `released_loss`, e.g. LinearityIQA's Norm-in-Norm), and a separate clean forward plus a shifted
+    forward for the penalty (nt_regularizer.nt_loss needs two)."""
+    if released_loss is None:
+        scores = model(images)
+        loss = F.l1_loss(scores, mos.to(scores.dtype))
+    else:
+        loss, scores = released_loss(model, images, mos)
     probe = images.detach().requires_grad_(True)
     penalty = finite_difference_penalty(model, probe, model(probe), h)
-    return NTLoss(l1 + weight * penalty, l1, penalty, scores)
+    return NTLoss(loss + weight * penalty, loss, penalty, scores)
 
 
 def released_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
