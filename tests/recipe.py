@@ -1,10 +1,12 @@
 """The deterministic weights and inputs of tests/fixtures/README.md (the released code's numbers on
-them are in tests/fixtures/hyperiqa_reference.json, and in float64 in the *float64.json files)."""
+them are in tests/fixtures/hyperiqa_reference.json, and in float64 in the *float64.json files): HyperIQA's
+recipe, and the generic recipe of the other families (`generic_state_dict`, `inputs_sized`)."""
 from __future__ import annotations
 
 import json
 import zlib
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -19,9 +21,9 @@ def reference() -> dict:
     return json.loads((FIXTURES / "hyperiqa_reference.json").read_text())
 
 
-def released_state_dict_layout() -> list[tuple[str, tuple[int, ...], str]]:
-    """(key, shape, dtype) of every entry of the released state_dict, in order."""
-    rows = (FIXTURES / "hyperiqa_state_dict.tsv").read_text().strip().splitlines()[1:]
+def released_state_dict_layout(family: str = "hyperiqa") -> list[tuple[str, tuple[int, ...], str]]:
+    """(key, shape, dtype) of every entry of the released state_dict of `family`, in order."""
+    rows = (FIXTURES / f"{family}_state_dict.tsv").read_text().strip().splitlines()[1:]
     layout = []
     for row in rows:
         key, shape, dtype = row.split("\t")
@@ -57,6 +59,73 @@ def recipe_state_dict(template: dict[str, torch.Tensor], offset: float) -> dict[
             value = 0.01 * z
         out[key] = torch.from_numpy(np.asarray(value)).to(tensor.dtype)
     return out
+
+
+def _z(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The recipe's standard normal draws (float64) of the entry `key`, of `shape`."""
+    return np.random.RandomState(zlib.crc32(key.encode())).standard_normal(int(np.prod(shape))).reshape(shape)
+
+
+def generic_state_dict(template: torch.nn.Module | Mapping[str, torch.Tensor],
+                       score_bias: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """The generic weights recipe of tests/fixtures/README.md (every family but HyperIQA) for `template`.
+
+    template: the model (its parameters and BatchNorm statistics are drawn, its other buffers keep
+    their values), or a state_dict (then every floating-point entry counts as a parameter);
+    score_bias: offsets added to entries after the recipe, e.g. {'fc.bias': 50.0} for DBCNN.
+    Returns a state_dict of the template's keys, in its dtypes.
+    """
+    if isinstance(template, torch.nn.Module):
+        state, parameters = template.state_dict(), {name for name, _ in template.named_parameters()}
+    else:
+        state = template
+        parameters = {key for key, value in state.items() if value.is_floating_point()}
+    out = {}
+    for key, tensor in state.items():
+        leaf = key.rsplit(".", 1)[-1]
+        is_bn = key.rsplit(".", 1)[0] + ".running_mean" in state
+        shape = tuple(tensor.shape)
+        if is_bn and leaf == "num_batches_tracked":
+            value = np.zeros(shape)
+        elif is_bn and leaf == "running_var":
+            value = 1 + 0.1 * np.abs(_z(key, shape))
+        elif is_bn and leaf == "running_mean":
+            value = 0.1 * _z(key, shape)
+        elif key not in parameters:
+            out[key] = tensor.clone()  # index tables, masks: the model's own
+            continue
+        elif is_bn and leaf == "weight":
+            value = 0.5 + 0.05 * _z(key, shape)
+        elif is_bn and leaf == "bias":
+            value = 0.05 * _z(key, shape)
+        elif leaf == "weight" and len(shape) >= 2:
+            value = _z(key, shape) * np.sqrt(1.0 / int(np.prod(shape[1:])))
+        elif leaf == "weight":  # LayerNorm, GroupNorm
+            value = 1 + 0.05 * _z(key, shape)
+        elif leaf == "bias":
+            value = 0.01 * _z(key, shape)
+        else:  # position embeddings, class tokens, relative position tables
+            value = 0.02 * _z(key, shape)
+        value = value + (score_bias or {}).get(key, 0.0)
+        out[key] = torch.from_numpy(np.asarray(value)).to(tensor.dtype)
+    return out
+
+
+def inputs_sized(height: int, width: int, count: int = 2, seed: int = 2025) -> torch.Tensor:
+    """The recipe images of another size (fixtures README): (count, 3, height, width) float32 in [0, 1],
+    a ramp (even i) or a 16-pixel checkerboard (odd i), with noise."""
+    rs = np.random.RandomState(seed)
+    noise = rs.standard_normal((count, 3, height, width))
+    yy, xx = np.mgrid[0:height, 0:width]
+    ramp = 0.2 + 0.6 * (xx + yy) / (height + width - 2)
+    checker = np.where(((xx // 16) + (yy // 16)) % 2 == 0, 0.1, 0.9)
+    images = [(ramp + 0.02 * noise[i]) if i % 2 == 0 else (checker + 0.05 * noise[i]) for i in range(count)]
+    return torch.from_numpy(np.stack(images).clip(0, 1).astype(np.float32))
+
+
+def family_reference(family: str) -> dict:
+    """The released code's float64 numbers of a family other than HyperIQA ({family}_reference_float64.json)."""
+    return json.loads((FIXTURES / f"{family}_reference_float64.json").read_text())
 
 
 def recipe_pixels() -> torch.Tensor:
