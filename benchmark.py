@@ -2,6 +2,7 @@
 
     python benchmark.py                          # batch size 4, CUDA when available; ~4 min on 2 CPU cores
     python benchmark.py --device cpu --quick     # one timed run per job, no memory: a rough look
+    python benchmark.py --model linearityiqa --batch_size 2 --quick   # its NT step against its baseline step
 
 Each job is run "ours" (the code path that the training script, the demos and the robustness
 evaluation run) and "released" (the same job done the way the released code does it, written out
@@ -14,6 +15,7 @@ in released_reference.py). Both get the same inputs on the same device:
 | NT, same setup | the same | three passes with our model placement: the gain of the shared forward alone |
 | training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
 | training step, AT fgsm / pgd | the same, with `--adv_train fgsm` (pgd: 10 steps), half the batch adversarial | OUR baseline step (and, for fgsm, our NT step): AT has no released counterpart, the ratio is its cost over ours |
+| training step of `--model`, NT (`family_nt`; the only default job for a family other than HyperIQA) | our NT step of that family (its released loss, optimizer and training view size, e.g. LinearityIQA's 498x664 images) | our baseline step of that family: the cost of NT over it |
 | scoring, gradient norms, I-FGSM on the 25 patches of an image | `attacks`, batched in chunks (`--chunk_size`, default by device) | one patch at a time |
 | square attack, 20 queries on the 25 patches of an image (no released counterpart) | `attacks.square`, batched in chunks | the same function, one patch at a time (`chunk_size=1`) |
 | data loading, first epoch | a new `data_loader.make_train_loader`: image headers read, each image decoded once and kept, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
@@ -54,6 +56,7 @@ import distributed
 import models
 from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from folders import Sample
+from families.base import BuildOptions
 from HyperIQASolver import Crafting, train_step
 from images import load_image
 from measurement import (SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib,
@@ -150,6 +153,22 @@ class Workbench:
         return lambda: train_step(model, family, optimizer, pixels, mos, config,
                                   crafting=Crafting(family.quality_model(model), generator.manual_seed(0)))
 
+    def family_step(self, **settings) -> Call:
+        """Our training step of --model's family on a fresh network (backbone from scratch) and its released
+        optimizer, its released settings, on a batch of its training views of LIVEC-like 500x500 images."""
+        torch.manual_seed(0)
+        family = models.get_family(self.args.model)
+        defaults = {k: v for k, v in family.train_defaults.items() if k != "batch_size"}
+        config = TrainConfig(model=family.name, batch_size=self.args.batch_size, **{**defaults, **settings})
+        network = models.build_network(family.name, BuildOptions(pretrained=False), self.device).train()
+        optimizer = family.stages(config)[0].optimizer(network, config, 0)
+        height, width = family.views("livec", True, 1).view_size(LIVEC_SIDE, LIVEC_SIDE)
+        generator = torch.Generator().manual_seed(2)
+        pixels = torch.rand((self.args.batch_size, 3, height, width), generator=generator).to(self.device)
+        mos = (100 * torch.rand(self.args.batch_size, generator=generator)).to(self.device)
+        family = family.configured(config.options)
+        return lambda: train_step(network, family, optimizer, pixels, mos, config)
+
     def released_step(self, nt: bool, our_setup: bool = False) -> Call:
         """The released training step on a fresh model: NCHW and default Adam, or with `our_setup` our
         model placement and optimizer (so that only the three forward passes differ)."""
@@ -215,6 +234,10 @@ def _per_epoch(bench: Workbench) -> int:
     return bench.args.images * PATCHES_PER_IMAGE
 
 
+def _per_family_batch(bench: Workbench) -> int:
+    return bench.args.batch_size  # whole images, for LinearityIQA
+
+
 def _per_square_run(bench: Workbench) -> int:
     return PATCHES_PER_IMAGE * SQUARE_BENCH_QUERIES
 
@@ -248,6 +271,8 @@ JOBS = (
         lambda b: b.solver_step(adv_train="fgsm"), lambda b: b.solver_step(if_grad=True)),
     Job("train_at_pgd", "training step, AT pgd 10 steps (vs our baseline step)", _per_batch,
         lambda b: b.solver_step(adv_train="pgd"), lambda b: b.solver_step(), long=True),
+    Job("family_nt", "training step of --model, NT (vs its baseline step)", _per_family_batch,
+        lambda b: b.family_step(if_grad=True), lambda b: b.family_step()),
     Job("score", "scoring, 25 patches", _per_image,
         _ours(lambda b, m, x: attacks.score_patches(m, x, b.args.chunk_size)),
         _released(released_scores)),
@@ -269,6 +294,7 @@ JOBS = (
         lambda b: b.our_epoch(b.args.num_workers, first=False), lambda b: b.released_epoch()),
 )
 JOB_KEYS = tuple(job.key for job in JOBS)
+FAMILY_JOBS = ("family_nt",)  # the jobs of --model's family; the others time HyperIQA against its released code
 # (job, side) -> the (job, side) that runs the very same code: one memory measurement serves both.
 SAME_RUN = {("train_nt_same_setup", "ours"): ("train_nt", "ours"), ("train_nt_exact", "released"): ("train_nt", "released"),
             ("train_at_fgsm", "released"): ("train_baseline", "ours"), ("train_at_fgsm_vs_nt", "ours"): ("train_at_fgsm", "ours"),
@@ -339,6 +365,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_device_argument(parser)
+    parser.add_argument("--model", choices=models.FAMILIES, default=models.DEFAULT_FAMILY,
+                        help="the family whose training step the family_nt job times (the default jobs: for "
+                             f"{models.DEFAULT_FAMILY}, all but family_nt; for another family, family_nt alone)")
     parser.add_argument("--batch_size", type=cli.positive_int, default=4,
                         help="patches per training step and per loader batch")
     parser.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs per job (the median is reported)")
@@ -353,7 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk_size", type=cli.positive_int, default=None,
                         help="our patches per forward/backward pass in scoring, gradient norms and attacks "
                              "(default by device: attacks.default_chunk_size)")
-    parser.add_argument("--jobs", type=job_list, default=list(JOB_KEYS), help=f"comma-separated subset of: {', '.join(JOB_KEYS)}")
+    parser.add_argument("--jobs", type=job_list, default=None, help=f"comma-separated subset of: {', '.join(JOB_KEYS)}")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--quick", action="store_true",
                         help="a rough look: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items()) + ", --no_memory "
@@ -367,6 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # JOB:SIDE, run by the memory measurement
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = [k for k in JOB_KEYS if (k in FAMILY_JOBS) != (args.model == models.DEFAULT_FAMILY)]
     if args.quick:  # its settings, except those given explicitly
         for key, value in QUICK.items():
             if getattr(args, key) == parser.get_default(key):
