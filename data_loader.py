@@ -163,7 +163,8 @@ class ViewLoader:
                                                   initial=0))
         self.window_images, self.keep_decoded = self._windowing(cache_gib * GIB)
         last = len(self.samples) * self.patch_num % batch_size
-        self.drops_last = train and last > 0 and last // world_size < min_share
+        # (min_share 1: a process left without an entry runs a placeholder, see share_of)
+        self.drops_last = train and last > 0 and min_share > 1 and last // world_size < min_share
         if train and len(self) == 0:
             raise ValueError(f"{len(self.samples) * self.patch_num} training view(s) make no step: {model_name} "
                              f"needs at least {min_share} views per process in a step")

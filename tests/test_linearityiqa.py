@@ -22,13 +22,14 @@ from checkpoints import Checkpoint, CheckpointError
 from data_loader import make_test_loader, make_train_loader
 from families import linearityiqa
 from folders import Sample
-from HyperIQASolver import train_step
+import HyperIQASolver
+from HyperIQASolver import HyperIQASolver as Solver, round_loaders, train_step
 from norm_in_norm import monotonicity, norm_in_norm
 from released_reference import released_three_pass_nt_loss
 from tests import fake_datasets, recipe
 from tests.stand_in import linearityiqa_stand_in
 from tests.test_reliability import run_main, use_model
-from train_config import TrainConfig
+from train_config import RunFiles, TrainConfig
 from views import Views, cut_view, random_crop_boxes
 
 FAMILY = models.get_family("linearityiqa")
@@ -113,6 +114,10 @@ def test_the_released_loss_weighs_the_three_outputs_from_one_forward(options):
     expected = 0.1 * term(raw[:, 0]) + 0.1 * term(raw[:, 1]) + term(raw[:, 2])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
     torch.testing.assert_close(scores.detach(), raw[:, 2], rtol=0, atol=0)  # k 1, b 0 while training
+    network.k[0], network.b[0] = 2.0, 5.0  # the scores (NT's and the attacks') are the mapped ones
+    mapped_loss, mapped = FAMILY.configured(options).released_loss(network, inputs, mos)
+    torch.testing.assert_close(mapped.detach(), 2 * raw[:, 2] + 5)
+    assert mapped_loss.item() == pytest.approx(loss.item(), rel=1e-12)  # the loss is that of the raw outputs
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -241,6 +246,29 @@ def test_the_schedule_divides_the_learning_rates_by_10_every_10_of_30_epochs():
     assert [linearityiqa.lr_decay_step(e) for e in (1, 2, 3, 16, 30)] == [1, 2, 1, 5, 10]
 
 
+# -- training
+
+def test_the_epoch_of_the_largest_absolute_validation_srocc_is_kept(tmp_path, monkeypatch):
+    """The released criterion, |validation SROCC| (its k/b fit turns a negative correlation positive):
+    epoch 1 at -0.9 beats epoch 2 at 0.5 (the validation SROCCs are imposed, the rest is real)."""
+    fake_datasets.make_csv(tmp_path / "data", count=12)  # 7 training, 2 validation, 3 test images
+    config = TrainConfig(model="linearityiqa", dataset="csv", batch_size=3, epochs=2, train_patch_num=1,
+                         test_patch_num=1)
+    split = splits.round_split(folders.list_samples("csv", tmp_path / "data"), "csv",
+                               validation_shares=FAMILY.validation_shares("csv"))
+    imposed, real = iter([(-0.9, -0.8), (0.5, 0.4)]), HyperIQASolver.correlations
+    monkeypatch.setattr(HyperIQASolver, "correlations", lambda predictions, mos: next(imposed)
+                        if len(mos) == len(split.validation) else real(predictions, mos))
+    best = tmp_path / "best.pth"
+    loaders = round_loaders(config, split.train, split.test, 0, validation_samples=split.validation)
+    solver = Solver(config, linearityiqa_stand_in(), loaders, RunFiles(best, None, best.with_suffix(".log")),
+                    log=lambda line: None)
+    test_result = solver.train()
+    meta = checkpoints.read_checkpoint(best).meta
+    assert (meta["epoch"], meta["srocc"], meta["plcc"]) == (1, -0.9, -0.8)
+    assert test_result == (meta["test_srocc"], meta["test_plcc"])  # the round reports the test split
+
+
 # -- training through the script
 
 def make_koniq_layout(root, count: int) -> None:
@@ -292,6 +320,9 @@ def test_nt_training_selects_on_validation_fits_k_and_b_and_saves_the_released_l
             return torch.cat([network(quality.inputs(pixels), all_outputs=True)[1] for pixels, _, _ in
                               loader.batches(0)]).double().numpy()
 
+    # the SROCC the checkpoint was selected by is that of the validation images
+    assert meta["srocc"] == pytest.approx(metrics.srocc(outputs(split.validation)[:, 2],
+                                                        np.array([s.mos for s in split.validation])))
     mos = np.array([s.mos for s in split.train])
     for index, column in enumerate((2, 0, 1)):
         k, b = np.polyfit(outputs(split.train)[:, column], mos, 1)
