@@ -11,6 +11,7 @@ stages) comes from the family (families/base.py); HyperIQA's optimizer schedule 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -34,7 +35,7 @@ from folders import Sample
 from models import build_network, get_family
 from nt_regularizer import nt_loss
 from seeding import seed_everything
-from splits import split_samples
+from splits import round_split
 from train_config import RunFiles, TrainConfig
 from training_state import STATE_FORMAT, RunState, StopRequest, load_training_state
 
@@ -60,7 +61,7 @@ def correlations(predictions: np.ndarray, mos: np.ndarray) -> tuple[float, float
     return metrics.srocc(predictions, mos), metrics.plcc(predictions, mos)
 
 
-TABLE_HEADER = "Epoch\tTrain_Loss\tTrain_SRCC\tTest_SRCC\tTest_PLCC"
+TABLE_HEADER = "Epoch\tTrain_Loss\tTrain_SRCC\tTest_SRCC\tTest_PLCC"  # Val_ for a family with a validation split
 
 
 def table_row(epoch: int, loss: float, train_srcc: float, test_srcc: float, test_plcc: float) -> str:
@@ -157,55 +158,76 @@ def share_step(model: nn.Module, family: Family, optimizer: torch.optim.Optimize
 
 
 @torch.inference_mode()
-def predict_images(model: QualityModel, loader: ViewLoader, epoch: int,
-                   processes: Processes = SINGLE_PROCESS) -> np.ndarray:
+def predict_images(model: QualityModel, loader: ViewLoader, epoch: int, processes: Processes = SINGLE_PROCESS,
+                   outputs: Callable[[torch.Tensor], torch.Tensor] | None = None, width: int = 1) -> np.ndarray:
     """Per-image mean prediction (N,) over the views `loader` draws in `epoch`, in eval mode (the
     model's mode is restored). With several processes, each predicts its share of the images and
-    every process gets all the predictions."""
+    every process gets all the predictions. `outputs`: what to average instead of the scores, a
+    function of the pixels (B, 3, h, w) giving `width` values per view (B, width), run with `model`
+    in eval mode; (N, width) is then returned."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(len(loader.samples), dtype=torch.float64, device=loader.device)
-    counts = torch.zeros_like(sums)
+    sums = torch.zeros((len(loader.samples), width), dtype=torch.float64, device=loader.device)
+    counts = torch.zeros((len(loader.samples), 1), dtype=torch.float64, device=loader.device)
     for images, _, index in loader.batches(epoch):
-        sums.index_add_(0, index, model(images).double())
-        counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+        sums.index_add_(0, index, (model if outputs is None else outputs)(images).double().reshape(len(index), width))
+        counts.index_add_(0, index, torch.ones((len(index), 1), dtype=torch.float64, device=counts.device))
     model.train(was_training)
     all_sum(processes, sums)
     all_sum(processes, counts)
-    return (sums / counts).cpu().numpy()
+    means = (sums / counts).cpu().numpy()
+    return means[:, 0] if outputs is None else means
 
 
 # ---------------------------------------------------------------------------------------------
 # One round
 
 
+def mos_of(loader: ViewLoader) -> np.ndarray:
+    """The MOS (N,) of a loader's images, float64."""
+    return np.array([sample.mos for sample in loader.samples], dtype=np.float64)
+
+
 class RoundLoaders(NamedTuple):
     train: ViewLoader
     test: ViewLoader
+    validation: ViewLoader | None = None  # where the checkpoint is selected (None: on `test`)
+    fit: ViewLoader | None = None  # the training images in order, for Family.calibration
 
 
 def round_loaders(config: TrainConfig, train_samples: Sequence[Sample], test_samples: Sequence[Sample],
                   round_index: int, processes: Processes = SINGLE_PROCESS, num_workers: int = 0,
-                  cache_gib: float = DEFAULT_CACHE_GIB) -> RoundLoaders:
-    """The training and test loaders of round `round_index` for this process, with the views of
-    `config.model`'s family, their random streams keyed by the round (the same batches and views
-    whatever the number of processes)."""
-    family = get_family(config.model)
+                  cache_gib: float = DEFAULT_CACHE_GIB,
+                  validation_samples: Sequence[Sample] | None = None) -> RoundLoaders:
+    """The loaders of round `round_index` for this process, with the views of `config.model`'s family
+    (as its options make it), their random streams keyed by the round (the same batches and views
+    whatever the number of processes): training, test, validation (of `validation_samples`, if any),
+    and for a family with a calibration the training images in order, with their training views."""
+    family = get_family(config.model).configured(config.options)
     where = dict(device=processes.device, rank=processes.rank, world_size=processes.world_size,
                  input_sizes=family.input_sizes, model_name=family.display_name)
+    train_views = family.views(config.dataset, True, config.train_patch_num)
+    test_views = family.views(config.dataset, False, config.test_patch_num)
+
+    def in_order(samples: Sequence[Sample], views) -> ViewLoader:
+        return make_test_loader(samples, config.dataset, views, config.batch_size, config.seed, round_index,
+                                num_workers, **where)
+
     return RoundLoaders(
-        make_train_loader(train_samples, config.dataset, family.views(config.dataset, True, config.train_patch_num),
-                          config.batch_size, config.seed, round_index, num_workers, cache_gib=cache_gib, **where),
-        make_test_loader(test_samples, config.dataset, family.views(config.dataset, False, config.test_patch_num),
-                         config.batch_size, config.seed, round_index, num_workers, **where))
+        make_train_loader(train_samples, config.dataset, train_views, config.batch_size, config.seed, round_index,
+                          num_workers, cache_gib=cache_gib, min_share=family.min_batch_per_process, **where),
+        in_order(test_samples, test_views),
+        None if validation_samples is None else in_order(validation_samples, test_views),
+        None if family.calibration is None else in_order(train_samples, train_views))
 
 
 def check_images(config: TrainConfig, samples: Sequence[Sample], split_file: str | None = None) -> None:
     """Build (and drop) the first round's loaders, which read every image header and check it against
     the family's views: a missing, unreadable or too small image raises ImageError naming it, so that
     the training script stops on bad data before it writes anything. Decodes nothing."""
-    train, test = split_samples(samples, config.dataset, config.seed, 0, split_file=split_file)
-    round_loaders(config, train, test, 0)
+    train, test, validation = round_split(samples, config.dataset, config.seed, 0, split_file,
+                                          get_family(config.model).validation_split(config.dataset))
+    round_loaders(config, train, test, 0, validation_samples=validation)
 
 
 class HyperIQASolver:
@@ -214,14 +236,15 @@ class HyperIQASolver:
     last layer, then everything).
 
     Each epoch: a pass over the training batches (`train_step`), then the test (`predict_images`;
-    SROCC and PLCC against MOS). The model with the best test SROCC so far in the stage is saved
-    atomically to `files.checkpoint` as {'model', 'optimizer', 'family', 'stage', 'epoch', 'srocc',
-    'plcc', 'config'} and the family's extras; unlike the released code (which started from best =
-    0), the first epoch of a stage is always saved, so a run whose SROCC is never positive still
-    leaves a checkpoint. A stage after the first starts from the best checkpoint of the one before
-    (`Stage.from_previous_best`). Then the stage prepares the next epoch's optimizer and the resumable
-    state (model, optimizer, RunState) is written to `files.state`; it is also written when `stop` is
-    requested, at the next step boundary.
+    SROCC and PLCC against MOS; on the validation loader when there is one). The model with the best
+    test (validation) SROCC so far in the stage is saved atomically to `files.checkpoint` as
+    {'model', 'optimizer', 'family', 'stage', 'epoch', 'srocc', 'plcc', 'config'} and the family's
+    extras; unlike the released code (which started from best = 0), the first epoch of a stage is
+    always saved, so a run whose SROCC is never positive still leaves a checkpoint. A stage after the
+    first starts from the best checkpoint of the one before (`Stage.from_previous_best`). Then the
+    stage prepares the next epoch's optimizer and the resumable state (model, optimizer, RunState) is
+    written to `files.state`; it is also written when `stop` is requested, at the next step boundary.
+    After the last stage, a family with a calibration or a validation split gets `_finish`.
 
     Several processes (torchrun): each trains on its share of every global batch, in
     DistributedDataParallel, with its loss weighted by its share (so the averaged gradient is the
@@ -237,14 +260,15 @@ class HyperIQASolver:
                  processes: Processes = SINGLE_PROCESS):
         self.config, self.network, self.loaders, self.files = config, network, loaders, files
         self.stop, self.log, self.processes = stop or StopRequest(), log, processes
-        self.family = get_family(config.model)
+        self.family = get_family(config.model).configured(config.options)
         self.stages: Sequence[Stage] = self.family.stages(config)
         self.quality = self.family.quality_model(network)  # the plain network behind its normalization
         self.label_range = None if config.adv_train == "none" else label_range(
             config, [sample.mos for sample in loaders.train.samples],
             folders.score_range(config.dataset, self.family.score_range))
         self.state = state or RunState()
-        self.test_mos = np.array([s.mos for s in loaders.test.samples], dtype=np.float64)
+        self.selection = loaders.test if loaders.validation is None else loaders.validation  # tested each epoch
+        self.test_mos = mos_of(self.selection)
         self.network.train()
         self._enter_stage(self.state.stage)
         self._use_saved_window()
@@ -293,7 +317,7 @@ class HyperIQASolver:
     def _log_header(self, stage: int) -> None:
         if len(self.stages) > 1:
             self.log(f"Stage {stage + 1}/{len(self.stages)}: {self.stages[stage].name}")
-        self.log(TABLE_HEADER)
+        self.log(TABLE_HEADER if self.loaders.validation is None else TABLE_HEADER.replace("Test_", "Val_"))
 
     def train(self) -> tuple[float, float]:
         """Train from the current position to the last epoch of the last stage; return the best (SROCC,
@@ -310,8 +334,42 @@ class HyperIQASolver:
                 break
             self._next_stage()
         best_srcc, best_plcc = self.state.best if self.state.best is not None else (float("nan"), float("nan"))
-        self.log("Best test SRCC %f, PLCC %f" % (best_srcc, best_plcc))
-        return best_srcc, best_plcc
+        on = "test" if self.loaders.validation is None else "validation"
+        self.log("Best %s SRCC %f, PLCC %f" % (on, best_srcc, best_plcc))
+        return self._finish() or (best_srcc, best_plcc)
+
+    def _finish(self) -> tuple[float, float] | None:
+        """The end of a round for a family with a calibration or a validation split: a copy of the
+        network takes the saved checkpoint's weights (rank 0 reads them); the calibration is fitted on
+        the training images (their training views); the checkpoint is tested; rank 0 writes it again
+        with the fitted map (the family's extras) and the test result. Returns the test (SROCC, PLCC),
+        or None (HyperIQA: nothing to do). The training network and the resumable state stay as they are."""
+        calibration, tested = self.family.calibration, self.loaders.validation is not None
+        if calibration is None and not tested:
+            return None
+        final = copy.deepcopy(self.network)
+        if self.processes.is_main:
+            saved = read_checkpoint(self.files.checkpoint)
+            final.load_state_dict(saved.state)
+        share_state_of_rank_zero(self.processes, final)
+        quality, extras, result = self.family.quality_model(final), {}, None
+        if calibration is not None:
+            raw = predict_images(quality, self.loaders.fit, 0, self.processes,
+                                 lambda pixels: calibration.raw_outputs(final, quality.inputs(pixels)),
+                                 calibration.width)
+            calibration.fit(final, raw, mos_of(self.loaders.fit))
+            extras = self.family.checkpoint_extras(final)
+            self.log(f"Fitted on the {len(raw)} training images: " + ", ".join(f"{k} {v}" for k, v in extras.items()))
+        if tested:
+            predictions = predict_images(quality, self.loaders.test, 0, self.processes)
+            result = correlations(predictions, mos_of(self.loaders.test))
+            extras.update(test_srocc=result[0], test_plcc=result[1])
+            self.log("Test SRCC %f, PLCC %f (%d images, the checkpoint of the best validation SRCC)"
+                     % (*result, len(self.loaders.test.samples)))
+        if self.processes.is_main:
+            meta = {**saved.meta, **extras}
+            save_checkpoint(self.files.checkpoint, final, meta.pop("optimizer", None), **meta)
+        return result
 
     def _next_stage(self) -> None:
         """Move on to the next stage, from the best checkpoint of this one (read by rank 0, sent to all)."""
@@ -356,12 +414,13 @@ class HyperIQASolver:
         self._gather_records()
         train_srcc = correlations(np.array(state.epoch_scores), np.array(state.epoch_mos))[0]
         share_buffers_of_rank_zero(self.processes, self.network)
-        predictions = predict_images(self.quality, self.loaders.test, epoch, self.processes)
+        predictions = predict_images(self.quality, self.selection, epoch, self.processes)
         if not np.isfinite(predictions).all():
             raise TrainingDiverged(f"the test predictions are not finite numbers after {self._where(epoch)}; "
                                    f"stopped ({self._kept()}); try a lower --lr")
         test_srcc, test_plcc = correlations(predictions, self.test_mos)
-        if state.best is None or test_srcc > state.best[0]:  # NaN never beats a number
+        criterion = abs if self.family.select_on_absolute_srocc else float
+        if state.best is None or criterion(test_srcc) > criterion(state.best[0]):  # NaN never beats a number
             state.best = [test_srcc, test_plcc]
             if self.processes.is_main:
                 save_checkpoint(self.files.checkpoint, self.network, self.optimizer, family=self.family.name,
@@ -459,13 +518,16 @@ def train_and_test(config: TrainConfig, samples: Sequence[Sample], processes: Pr
     with StopRequest(quiet=not processes.is_main, patient=processes.launched) as stop:
         for round_index in range(len(results), config.train_test_num):
             log("Round %d" % (round_index + 1))
-            train, test = split_samples(samples, config.dataset, config.seed, round_index, split_file=split_file)
+            train, test, validation = round_split(samples, config.dataset, config.seed, round_index, split_file,
+                                                  get_family(config.model).validation_split(config.dataset))
+            if validation is not None:
+                log("Split: %d training, %d validation, %d test images" % (len(train), len(validation), len(test)))
             resuming = saved_state is not None and saved_state.round_index == round_index
             seed_everything(config.seed + round_index)
             options = BuildOptions(pretrained and not resuming, None if resuming else backbone_weights,
                                    {**config.options, **(build_options or {})})
             network = build_network(config.model, options, processes.device)
-            loaders = round_loaders(config, train, test, round_index, processes, num_workers, cache_gib)
+            loaders = round_loaders(config, train, test, round_index, processes, num_workers, cache_gib, validation)
             state = RunState(round_index=round_index, rounds_done=[list(r) for r in results])
             solver = HyperIQASolver(config, network, loaders, files, state, stop, log, processes)
             if resuming:

@@ -3,6 +3,7 @@
     python benchmark.py                          # batch size 4, CUDA when available; ~4 min on 2 CPU cores
     python benchmark.py --device cpu --quick     # one timed run per job, no memory: a rough look
     python benchmark.py --model dbcnn --device cpu --batch_size 2   # DBCNN's training steps (448x448 crops)
+    python benchmark.py --model linearityiqa --batch_size 2 --jobs train_nt_vs_baseline   # its NT step vs its baseline
 
 Each job is run "ours" (the code path that the training script, the demos and the robustness
 evaluation run) and "released" (the same job done the way the released code does it, written out
@@ -61,6 +62,7 @@ import distributed
 import models
 from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from folders import Sample
+from families.base import BuildOptions
 from HyperIQASolver import Crafting, train_step
 from images import load_image
 from measurement import (SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib,
@@ -105,7 +107,7 @@ class Workbench:
 
     def __init__(self, args: argparse.Namespace, device: torch.device, workdir: Path):
         self.args, self.device, self.workdir = args, device, workdir
-        self.family = models.get_family(args.model)
+        self.family = models.get_family(args.model).configured({})  # its own options at their defaults
         self.config = self.training_config()
         self.epoch = 0  # the loaders draw new patches every run, as in training
         self.decodes = {side: 0 for side in SIDES}  # image decodes by the loaders, in this process
@@ -171,7 +173,7 @@ class Workbench:
         optimizer = self.optimizer(model, config)
         pixels, mos = self.batch
         generator = torch.Generator()  # PGD's random start under adversarial training
-        family = self.family
+        family = self.family.configured(config.options)
         return lambda: train_step(model, family, optimizer, pixels, mos, config,
                                   crafting=Crafting(family.quality_model(model), generator.manual_seed(0)))
 

@@ -106,15 +106,18 @@ def load_state_strictly(network: nn.Module, state: Mapping[str, torch.Tensor], s
     return network
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    **extra: Any) -> None:
-    """Write `{'model': state_dict, 'optimizer': state_dict or None, **extra}` atomically.
+def save_checkpoint(path: str | os.PathLike, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | Mapping[str, Any] | None = None, **extra: Any) -> None:
+    """Write `{'model': state_dict, 'optimizer': state_dict or None, **extra}` atomically (`optimizer`:
+    the optimizer, or its state_dict already, e.g. that of a checkpoint written again).
 
     The file is written next to `path` under a temporary name, flushed, then renamed over `path`, so an
     interruption never leaves a truncated checkpoint. `extra` must hold only tensors, numbers,
     strings, lists, dicts or None (so it reloads with weights_only=True).
     """
-    payload = {"model": model.state_dict(), "optimizer": None if optimizer is None else optimizer.state_dict(), **extra}
+    if isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.state_dict()
+    payload = {"model": model.state_dict(), "optimizer": optimizer, **extra}
     with atomic_write(path) as handle:
         torch.save(payload, handle)
 

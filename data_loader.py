@@ -133,17 +133,24 @@ class ViewLoader:
     Every image's size is read from its file header at construction, so a missing, unreadable or too
     small image (smaller than the crop, or than `input_sizes`, what the model accepts, for whole-image
     views; `model_name` names the model in that message) stops the run before the first step.
+    Training loaders give each process at least `min_share` views a step (Family.min_batch_per_process):
+    the epoch's last, smaller batch is dropped when a process's share of it would be fewer (said once),
+    and a batch size that gives fewer is refused.
     """
 
     def __init__(self, samples: Sequence[Sample], dataset: str, views: Views, batch_size: int, train: bool,
                  seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                  device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
                  decode: Decoder = load_image, rank: int = 0, world_size: int = 1,
-                 input_sizes: InputSizes | None = None, model_name: str = "the model"):
+                 input_sizes: InputSizes | None = None, model_name: str = "the model", min_share: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if train:
             check_global_batch(batch_size, world_size)
+            if batch_size // world_size < min_share:
+                raise ValueError(f"{model_name} trains on at least {min_share} views per process and step (BatchNorm "
+                                 f"statistics of one view fail): --batch_size {batch_size} over {world_size} "
+                                 f"process(es) gives {batch_size // world_size}; use at least {min_share * world_size}")
         if not cache_gib >= 0:
             raise ValueError(f"the image cache budget must be >= 0 GiB, got {cache_gib}")
         self.samples, self.dataset, self.views, self.batch_size = list(samples), dataset, views, batch_size
@@ -161,6 +168,16 @@ class ViewLoader:
         self._offsets = list(itertools.accumulate((3 * height * width for height, width in self.sizes[:-1]),
                                                   initial=0))
         self.window_images, self.keep_decoded = self._windowing(cache_gib * GIB)
+        last = len(self.samples) * self.patch_num % batch_size
+        # (min_share 1: a process left without an entry runs a placeholder, see share_of)
+        self.drops_last = train and last > 0 and min_share > 1 and last // world_size < min_share
+        if train and len(self) == 0:
+            raise ValueError(f"{len(self.samples) * self.patch_num} training view(s) make no step: {model_name} "
+                             f"needs at least {min_share} views per process in a step")
+        if self.drops_last and rank == 0:
+            print(f"the last training batch of each epoch ({last} of the {len(self.samples) * self.patch_num} views) "
+                  f"is dropped: {model_name} needs at least {min_share} views per process in a step", file=sys.stderr,
+                  flush=True)
         self._cache: dict[int, torch.Tensor] = {}  # decoded images kept across epochs, views of `_slab`
         self._slab: torch.Tensor | None = None  # one buffer for all kept images (no heap fragmentation)
 
@@ -217,7 +234,8 @@ class ViewLoader:
 
     def __len__(self) -> int:
         """Training batches per epoch (test loaders: at least this many, as a batch holds one view size)."""
-        return math.ceil(len(self.samples) * self.patch_num / self.batch_size)
+        entries = len(self.samples) * self.patch_num
+        return entries // self.batch_size if self.drops_last else math.ceil(entries / self.batch_size)
 
     # -- what an epoch draws
 
@@ -278,7 +296,7 @@ class ViewLoader:
         """
         stream = self.entries(epoch)
         if self.train:
-            stream = stream[start_batch * self.batch_size:]
+            stream = stream[start_batch * self.batch_size:len(self) * self.batch_size]
             batches = [stream[k:k + self.batch_size] for k in range(0, len(stream), self.batch_size)]
         else:
             if self.world_size > 1:
@@ -365,12 +383,14 @@ def make_train_loader(samples: Sequence[Sample], dataset: str, views: Views, bat
                       seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                       device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
                       decode: Decoder = load_image, rank: int = 0, world_size: int = 1,
-                      input_sizes: InputSizes | None = None, model_name: str = "the model") -> ViewLoader:
+                      input_sizes: InputSizes | None = None, model_name: str = "the model",
+                      min_share: int = 1) -> ViewLoader:
     """Training batches as the released shuffling loader draws them, with the training `views` of a
-    family (see ViewLoader); `batch_size` is the global batch, dealt to the `world_size` processes."""
+    family (see ViewLoader); `batch_size` is the global batch, dealt to the `world_size` processes,
+    each getting at least `min_share` views a step."""
     return ViewLoader(samples, dataset, views, batch_size, True, seed, round_index, num_workers, device,
                       cache_gib=cache_gib, decode=decode, rank=rank, world_size=world_size, input_sizes=input_sizes,
-                      model_name=model_name)
+                      model_name=model_name, min_share=min_share)
 
 
 def make_test_loader(samples: Sequence[Sample], dataset: str, views: Views, batch_size: int,

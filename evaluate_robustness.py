@@ -69,7 +69,7 @@ from data_loader import ViewLoader, make_test_loader
 from families.base import QualityModel
 from images import image_files
 from protocol import protocol_model
-from splits import split_samples
+from splits import round_split
 
 FOLDER = "folder"  # --dataset value for a plain folder of images without MOS
 COLUMNS = ("model", "attack", "eps", "alpha", "steps", "jpeg_quality", "images", "clean_srocc", "clean_plcc",
@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="root of the data set, a CSV file for 'csv', or a folder of images for 'folder'")
     parser.add_argument("--split", choices=("test", "train", "all"), default="test",
                         help="which images of the data set to use (the split of the training script, same "
-                             f"seed and round); '{FOLDER}' always uses all")
+                             "seed and round, as the checkpoints' family splits: LinearityIQA keeps a validation "
+                             f"part out of both); '{FOLDER}' always uses all")
     parser.add_argument("--split_file", default=None,
                         help="fixed split (e.g. the paper's LIVEC split), as for the training script")
     parser.add_argument("--round", dest="round_index", type=cli.nonnegative_int, default=0,
@@ -163,15 +164,31 @@ def folder_samples(folder: str) -> list[folders.Sample]:
     return [folders.Sample(path, math.nan, os.path.basename(path)) for path in image_files(folder)]
 
 
-def evaluation_samples(args: argparse.Namespace) -> list[folders.Sample]:
+def evaluation_samples(args: argparse.Namespace,
+                       validation_shares: tuple[float, float] | None = None) -> list[folders.Sample]:
+    """The images of the run: --split of the data set as the training script splits it for a family
+    with these `validation_shares` (Family.validation_shares; None: train and test only)."""
     if args.dataset == FOLDER:
         samples = folder_samples(args.dataset_path)
     else:
         samples = folders.list_samples(args.dataset, args.dataset_path, args.seed)
         if args.split != "all":
-            train, test = split_samples(samples, args.dataset, args.seed, args.round_index, split_file=args.split_file)
-            samples = test if args.split == "test" else train
+            split = round_split(samples, args.dataset, args.seed, args.round_index, args.split_file, validation_shares)
+            samples = split.test if args.split == "test" else split.train
     return samples[:args.limit]
+
+
+def shared_validation_shares(args: argparse.Namespace, loaded: list[QualityModel]) -> tuple[float, float] | None:
+    """The validation shares of the checkpoints' families on --dataset (see evaluation_samples);
+    ValueError when they split it differently and --split takes a part of it."""
+    shares = {}
+    for model in loaded:
+        family = models.get_family(model.family)
+        shares[family.display_name] = family.validation_split(args.dataset)
+    if args.split != "all" and args.dataset != FOLDER and len(set(shares.values())) > 1:
+        raise ValueError(f"the checkpoints' families split {args.dataset} differently ({', '.join(shares)}): "
+                         "evaluate them in separate runs, or pass --split all")
+    return next(iter(shares.values()), None)
 
 
 def _metric_or_nan(metric: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray) -> float:
@@ -247,14 +264,20 @@ class Evaluated(NamedTuple):
     middle: float
 
 
-def evaluated_models(args: argparse.Namespace, samples: list[folders.Sample], device: torch.device) -> list[Evaluated]:
-    """The checkpoints of the run, loaded (which fails early on a bad one), each with its views."""
+def loaded_models(args: argparse.Namespace, device: torch.device) -> list[QualityModel]:
+    """The checkpoints of the run, loaded (which fails early on a bad one), each in its family (--model)."""
     paths = args.checkpoint
     families = [None] * len(paths) if args.model is None else args.model * (len(paths) // len(args.model))
+    return [models.load_model(path, requested, device) for path, requested in zip(paths, families)]
+
+
+def evaluated_models(args: argparse.Namespace, samples: list[folders.Sample],
+                     loaded: list[QualityModel]) -> list[Evaluated]:
+    """The loaded checkpoints of the run, each with its family's test views of `samples`."""
+    paths = args.checkpoint
     stems = [Path(path).stem for path in paths]
     evaluated = []
-    for path, stem, requested in zip(paths, stems, families):
-        model = models.load_model(path, requested, device)
+    for path, stem, model in zip(paths, stems, loaded):
         family = models.get_family(model.family)
         count = args.patch_num or family.train_defaults.get("test_patch_num", 1)
         # The training script's test loader of this seed and round: its first epoch's views.
@@ -273,8 +296,10 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
     seeding.seed_everything(args.seed)
     if not args.no_plot:
         plots.check_matplotlib()  # before the work, not after it
-    samples = distributed.main_first(processes, lambda: evaluation_samples(args))
-    nets = evaluated_models(args, samples, device)
+    loaded = loaded_models(args, device)
+    shares = shared_validation_shares(args, loaded)
+    samples = distributed.main_first(processes, lambda: evaluation_samples(args, shares))
+    nets = evaluated_models(args, samples, loaded)
     settings = msu_benchmark.attack_plan(args)  # (attack, eps, step size, steps)
     uaps = msu_benchmark.prepare_uaps(args, nets, settings, processes.is_main)
 

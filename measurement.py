@@ -138,6 +138,8 @@ def cpu_peaks_in_fresh_processes(script: str, keys: list[str], args: argparse.Na
                    "--num_workers", str(args.num_workers), *extra_args]
         if args.chunk_size is not None:
             command += ["--chunk_size", str(args.chunk_size)]
+        if getattr(args, "model", None) is not None:  # benchmark.py's --model
+            command += ["--model", args.model]
         peaks[key, side] = run_json(command, f"memory probe {key}:{side}")["peak_mib"]
         print(f"  memory {key} {side}: {peaks[key, side]:.0f} MiB", file=sys.stderr, flush=True)
     return {(key, side): peaks[same_run.get((key, side), (key, side))] for key in keys for side in SIDES}

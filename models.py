@@ -29,6 +29,7 @@ from families.hyperiqa import (HYPERIQA_CONFIG, NORMALIZATION, PATCH_SIZE, Hyper
 FAMILY_MODULES = {
     "hyperiqa": "families.hyperiqa",
     "dbcnn": "families.dbcnn",
+    "linearityiqa": "families.linearityiqa",
 }
 FAMILIES = tuple(FAMILY_MODULES)
 

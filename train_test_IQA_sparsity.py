@@ -6,6 +6,7 @@ or with NT.
     python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/ --if_grad
     python train_test_IQA_sparsity.py --dataset livec --dataset_path /PATH/ChallengeDB_release/ --adv_train fgsm
     python train_test_IQA_sparsity.py --model dbcnn --dataset livec --dataset_path /PATH/ChallengeDB_release/ --if_grad
+    python train_test_IQA_sparsity.py --model linearityiqa --dataset koniq-10k --dataset_path /PATH/koniq10k/ --if_grad
 
 Each family trains by its released protocol (views, loss, optimizer stages, default settings: see
 the README's table of the families); a flag given on the command line overrides the family's value.
@@ -68,7 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--split_file", default=None,
                       help="train/test split to use instead of a seeded random one: a JSON list or a pickled list "
                            "of image indices (reference-image indices for live/csiq/tid2013), the first 80%% for "
-                           "training, e.g. the paper's CLIVE_traintest_index.pkl; read without running pickle code")
+                           "training, e.g. the paper's CLIVE_traintest_index.pkl (a family with a validation split, "
+                           "LinearityIQA: the first 60%% train, the next 20%% validate, on KonIQ-10k 7058 / 1000 / "
+                           "2015); read without running pickle code")
     data.add_argument("--train_patch_num", type=positive_int, default=None,
                       help="random patches (views) cut from each training image per epoch, for a family that "
                            "crops; " + family_default("train_patch_num"))
@@ -90,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "DBCNN: of stage 2, every layer) " + family_default("lr"))
     train.add_argument("--lr_ratio", type=positive_float, default=None,
                        help="ratio of the learning rates of the family's two parameter groups or stages (HyperIQA: "
-                            "hyper network / backbone at the start; DBCNN: stage 1, the linear layer, / stage 2); "
+                            "hyper network / backbone at the start; DBCNN: stage 1, the linear layer, / stage 2; "
+                            "LinearityIQA: backbone / heads, the released ft_lr_ratio); "
                             + family_default("lr_ratio"))
     train.add_argument("--weight_decay", type=nonnegative_float, default=None,
                        help="the optimizer's L2 weight decay; " + family_default("weight_decay"))

@@ -2,10 +2,11 @@
 
 A `Views` protocol says, for training or testing, how many views an image gives, whether each is a
 random crop (of which size) or the whole image, whether it is flipped at random (left-right or
-up-down), and which resizes the decoded image goes through first (HyperIQA resizes KonIQ-10k images
-to 512x384 before cropping 224x224 patches; LinearityIQA scores the whole image resized to 498x664;
-DBCNN tests the whole image as it is). A view is described by a `CropBox` drawn from a seeded
-generator and cut from the decoded (and resized) image when a batch needs it.
+up-down), rotated by a small random angle (LinearityIQA's --augment), and which resizes the decoded
+image goes through first (HyperIQA resizes KonIQ-10k images to 512x384 before cropping 224x224
+patches; LinearityIQA scores the whole image resized to 498x664; DBCNN tests the whole image as it
+is). A view is described by a `CropBox` drawn from a seeded generator and cut from the decoded (and
+resized) image when a batch needs it.
 """
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ class Views:
     count: views per image; crop: (height, width) of a random crop, None for the whole image; flip:
     one of FLIPS, each view flipped with `flip_probability`; resize: (height, width) sizes the decoded
     image is resized to, in turn, before any crop (PIL, `resample`); crop_last_offset: whether a crop
-    may start at the last offset (side - crop), as torchvision's RandomCrop allows.
+    may start at the last offset (side - crop), as torchvision's RandomCrop allows; rotation: the
+    largest angle in degrees of a random rotation of the (resized) image about its centre before the
+    flip and the crop, the angle uniform in [-rotation, rotation] (nearest neighbour, the corners
+    black, the size kept: torchvision's `rotate`, as LinearityIQA's --augment); 0 for none.
     """
 
     count: int = 1
@@ -38,6 +42,7 @@ class Views:
     resize: tuple[tuple[int, int], ...] = ()
     resample: str = "bilinear"
     crop_last_offset: bool = True
+    rotation: float = 0.0
 
     def __post_init__(self):
         if self.count < 1:
@@ -46,6 +51,8 @@ class Views:
             raise ValueError(f"unknown flip {self.flip!r}; valid: {', '.join(FLIPS)}")
         if self.resample not in RESAMPLING:
             raise ValueError(f"unknown resampling {self.resample!r}; valid: {', '.join(RESAMPLING)}")
+        if not self.rotation >= 0:
+            raise ValueError(f"the largest rotation must be >= 0 degrees, got {self.rotation}")
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of an image of `height` x `width` pixels after the resizes."""
@@ -67,6 +74,7 @@ class CropBox(NamedTuple):
     top: int  # pixels from the top of the (resized) image
     left: int  # pixels from the left
     flip: bool  # flipped after cropping, along the axis of the protocol's `flip`
+    angle: float = 0.0  # degrees (counter-clockwise) the whole image is rotated by before the crop
 
 
 def resize_as_released(img: Image.Image, views: Views) -> Image.Image:
@@ -83,7 +91,8 @@ def random_crop_boxes(height: int, width: int, views: Views, generator: torch.Ge
 
     Positions are uniform over the valid offsets, drawn from `generator` (tops, then lefts); with a
     flip, each view is then flipped with probability views.flip_probability (drawn after all
-    positions). Raises ValueError if the image is smaller than the crop on a side.
+    positions); with a rotation, the angles are drawn last. Raises ValueError if the image is smaller
+    than the crop on a side.
     """
     count = views.count if count is None else count
     crop_height, crop_width = views.crop or (height, width)
@@ -95,11 +104,20 @@ def random_crop_boxes(height: int, width: int, views: Views, generator: torch.Ge
     flipped = [False] * count
     if views.flip != "none":
         flipped = (torch.rand(count, generator=generator) < views.flip_probability).tolist()
-    return [CropBox(t, l, f) for t, l, f in zip(tops, lefts, flipped)]
+    angles = [0.0] * count
+    if views.rotation:
+        angles = ((2 * torch.rand(count, generator=generator, dtype=torch.float64) - 1) * views.rotation).tolist()
+    return [CropBox(t, l, f, a) for t, l, f, a in zip(tops, lefts, flipped, angles)]
 
 
 def cut_view(image: torch.Tensor, box: CropBox, views: Views) -> torch.Tensor:
-    """The view of `image` (3, H, W) at `box` (3, h, w): a view of the tensor when not flipped."""
+    """The view of `image` (3, H, W) at `box` (3, h, w): a view of the tensor when neither flipped nor
+    rotated. A rotation turns the whole image first (then the crop), as torchvision's RandomRotation
+    before a crop; a crop then a flip cuts what a flip then the mirrored crop would."""
+    if box.angle:
+        import torchvision.transforms.functional as TF  # only here: importing torchvision takes a second
+
+        image = TF.rotate(image, box.angle, interpolation=TF.InterpolationMode.NEAREST)
     crop_height, crop_width = views.crop or image.shape[1:]
     patch = image[:, box.top:box.top + crop_height, box.left:box.left + crop_width]
     if not box.flip:

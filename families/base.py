@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -177,6 +178,23 @@ class FamilyOption:
     in_config: bool = True
 
 
+class Calibration(NamedTuple):
+    """A map from a network's raw outputs to the score a user sees, fitted on the training set after
+    training (LinearityIQA's least-squares k and b), for a family whose loss ignores the scale of its
+    predictions.
+
+    raw_outputs(network, inputs): the `width` outputs the map is fitted on, (B, width), for normalized
+    inputs (B, 3, H, W), in eval mode; fit(network, raw, mos): fit the map from the training images'
+    raw outputs (N, width) (float64, the mean over each image's training views) and MOS (N,) and set
+    it on the network, whose forward then returns the mapped score. What it sets must be in the
+    family's `checkpoint_extras`, so that the checkpoint carries it.
+    """
+
+    raw_outputs: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    width: int
+    fit: Callable[[nn.Module, np.ndarray, np.ndarray], None]
+
+
 class BuildOptions(NamedTuple):
     """How to build a network for training: ImageNet weights for its backbone (from torchvision's cache
     or `backbone_weights`, a file) or from scratch, and the family's own options (FamilyOption)."""
@@ -203,6 +221,18 @@ class Family:
     data set's MOS scale; from_checkpoint(checkpoint, source): the network with a checkpoint's
     weights (default: strictly into `architecture()`); checkpoint_extras(network): what our
     checkpoints store beside the weights (LinearityIQA's k and b); options: its own settings.
+
+    The hooks of a family whose protocol differs more from HyperIQA's (all optional, unused by
+    HyperIQA): configure(family, options): the family as its options (TrainConfig.options, the
+    FamilyOption values, defaults where absent) make it, e.g. another loss or augmented views
+    (`configured`); validation_shares(dataset): the (train, train + validation) shares of the units
+    of a split, cut as `splits.split_with_validation` does, when the family selects its checkpoint on
+    a validation split (None: on the test split); calibration: the map fitted on the training set
+    after training (Calibration); min_batch_per_process: the fewest training views a process may
+    see in a step (2 with BatchNorm1d, which fails on one value per channel in train mode): a last
+    batch with a share below it is dropped, a full batch below it refused; select_on_absolute_srocc:
+    keep the epoch of the largest |SROCC| rather than SROCC (the released LinearityIQA, whose map
+    fitted after training turns a negative correlation positive).
     """
 
     name: str
@@ -222,6 +252,22 @@ class Family:
     from_checkpoint: Callable[["Family", Checkpoint, str], nn.Module] | None = None
     checkpoint_extras: Callable[[nn.Module], dict[str, Any]] = lambda network: {}
     options: tuple[FamilyOption, ...] = field(default_factory=tuple)
+    configure: Callable[["Family", Mapping[str, Any]], "Family"] | None = None
+    validation_shares: Callable[[str], tuple[float, float]] | None = None
+    calibration: Calibration | None = None
+    min_batch_per_process: int = 1
+    select_on_absolute_srocc: bool = False
+
+    def configured(self, options: Mapping[str, Any]) -> "Family":
+        """This family as `options` (its FamilyOption values by name; defaults where absent) make it."""
+        if self.configure is None:
+            return self
+        chosen = {option.name: options.get(option.name, option.default) for option in self.options}
+        return self.configure(self, chosen)
+
+    def validation_split(self, dataset: str) -> tuple[float, float] | None:
+        """The (train, train + validation) shares of `dataset`'s split, or None: selected on the test split."""
+        return None if self.validation_shares is None else self.validation_shares(dataset)
 
     def network_from(self, checkpoint: Checkpoint, source: str) -> nn.Module:
         """The family's network holding `checkpoint`'s weights (strictly), `source` naming the file in errors."""

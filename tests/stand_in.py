@@ -35,3 +35,19 @@ def stand_in_quality_model(**settings) -> QualityModel:
     """The stand-in behind HyperIQA's normalization, as a quality model (pixels -> scores) of the
     HyperIQA family: what the attacks and the evaluation take."""
     return models.get_family("hyperiqa").quality_model(StandInScoreModel(**settings))
+
+
+def linearityiqa_stand_in() -> nn.Module:
+    """A LinearityIQA of the released structure with a tiny backbone: the released heads (dr6, dr7 with
+    BatchNorm1d, regr6, regr7, regression: the keys and shapes of the release) on a backbone of eight
+    children whose 7th and 8th give maps of 1024 and 2048 channels, as ResNeXt-101's layer3 and
+    layer4 do (at strides 64 and 128), for a few thousandths of the cost. Seeded: every instance is
+    the same function."""
+    from families.linearityiqa import LinearityIQA
+
+    torch.manual_seed(0)
+    features = nn.Sequential(
+        nn.Conv2d(3, 8, 8, stride=8), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.Conv2d(16, 1024, 1, stride=2), nn.Sequential(nn.Conv2d(1024, 16, 1, stride=2), nn.Conv2d(16, 2048, 1)))
+    return LinearityIQA(features)
