@@ -61,15 +61,14 @@ import cli
 import distributed
 import models
 from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
-from folders import Sample
 from families.base import BuildOptions
+from folders import Sample
 from HyperIQASolver import Crafting, train_step
 from images import load_image
 from measurement import (SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib,
                          run_json, synchronizer, table)
 from released_reference import (RELEASED_PATCH_NUM, ReleasedPatchDataset, released_gradient_norms,
                                 released_iterative_fgsm, released_scores, released_train_step)
-from families.base import BuildOptions
 from schedule import build_optimizer
 from train_config import TrainConfig
 
