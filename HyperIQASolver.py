@@ -168,13 +168,23 @@ def round_loaders(config: TrainConfig, train_samples: Sequence[Sample], test_sam
                   cache_gib: float = DEFAULT_CACHE_GIB) -> RoundLoaders:
     """The training and test loaders of round `round_index` for this process, with the views of
     `config.model`'s family, their random streams keyed by the round (the same batches and views
-    whatever the number of processes)."""
+    whatever the number of processes). A family's `split_labels` rescales each split's labels; with
+    its `drop_last`, the last partial batch of each training epoch is dropped, and so are the test
+    images past the last full test batch (after the rescaling, as released)."""
     family = get_family(config.model)
+    if family.split_labels is not None:
+        train_samples, test_samples = family.split_labels(train_samples), family.split_labels(test_samples)
+    if family.drop_last:
+        test_samples = test_samples[:len(test_samples) // config.batch_size * config.batch_size]
+        if not test_samples:
+            raise ValueError(f"{family.display_name}'s released test loader drops the last partial batch: the test "
+                             f"split needs at least --batch_size {config.batch_size} images")
     where = dict(device=processes.device, rank=processes.rank, world_size=processes.world_size,
                  input_sizes=family.input_sizes, model_name=family.display_name)
     return RoundLoaders(
         make_train_loader(train_samples, config.dataset, family.views(config.dataset, True, config.train_patch_num),
-                          config.batch_size, config.seed, round_index, num_workers, cache_gib=cache_gib, **where),
+                          config.batch_size, config.seed, round_index, num_workers, cache_gib=cache_gib,
+                          drop_last=family.drop_last, **where),
         make_test_loader(test_samples, config.dataset, family.views(config.dataset, False, config.test_patch_num),
                          config.batch_size, config.seed, round_index, num_workers, **where))
 

@@ -127,13 +127,14 @@ class ViewLoader:
     Every image's size is read from its file header at construction, so a missing, unreadable or too
     small image (smaller than the crop, or than `input_sizes`, what the model accepts, for whole-image
     views; `model_name` names the model in that message) stops the run before the first step.
+    `drop_last` (training): each epoch's last partial batch is dropped, as a DataLoader(drop_last=True).
     """
 
     def __init__(self, samples: Sequence[Sample], dataset: str, views: Views, batch_size: int, train: bool,
                  seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                  device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
                  decode: Decoder = load_image, rank: int = 0, world_size: int = 1,
-                 input_sizes: InputSizes | None = None, model_name: str = "the model"):
+                 input_sizes: InputSizes | None = None, model_name: str = "the model", drop_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if train:
@@ -143,6 +144,10 @@ class ViewLoader:
         self.samples, self.dataset, self.views, self.batch_size = list(samples), dataset, views, batch_size
         self.patch_num = views.count
         self.train, self.seed, self.round_index = train, seed, round_index
+        self.drop_last = drop_last and train
+        if self.drop_last and len(self.samples) * self.patch_num < batch_size:
+            raise ValueError(f"{len(self.samples)} training images x {self.patch_num} views make no full batch of "
+                             f"{batch_size}, and the last partial batch is dropped: nothing to train on")
         self.num_workers, self.device = num_workers, torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.input_sizes, self.model_name = input_sizes, model_name
@@ -211,6 +216,8 @@ class ViewLoader:
 
     def __len__(self) -> int:
         """Training batches per epoch (test loaders: at least this many, as a batch holds one view size)."""
+        if self.drop_last:
+            return len(self.samples) * self.patch_num // self.batch_size
         return math.ceil(len(self.samples) * self.patch_num / self.batch_size)
 
     # -- what an epoch draws
@@ -272,7 +279,7 @@ class ViewLoader:
         """
         stream = self.entries(epoch)
         if self.train:
-            stream = stream[start_batch * self.batch_size:]
+            stream = stream[start_batch * self.batch_size:len(self) * self.batch_size]
             batches = [stream[k:k + self.batch_size] for k in range(0, len(stream), self.batch_size)]
         else:
             if self.world_size > 1:
@@ -354,12 +361,14 @@ def make_train_loader(samples: Sequence[Sample], dataset: str, views: Views, bat
                       seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                       device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
                       decode: Decoder = load_image, rank: int = 0, world_size: int = 1,
-                      input_sizes: InputSizes | None = None, model_name: str = "the model") -> ViewLoader:
+                      input_sizes: InputSizes | None = None, model_name: str = "the model",
+                      drop_last: bool = False) -> ViewLoader:
     """Training batches as the released shuffling loader draws them, with the training `views` of a
-    family (see ViewLoader); `batch_size` is the global batch, dealt to the `world_size` processes."""
+    family (see ViewLoader); `batch_size` is the global batch, dealt to the `world_size` processes;
+    `drop_last`: without each epoch's last partial batch."""
     return ViewLoader(samples, dataset, views, batch_size, True, seed, round_index, num_workers, device,
                       cache_gib=cache_gib, decode=decode, rank=rank, world_size=world_size, input_sizes=input_sizes,
-                      model_name=model_name)
+                      model_name=model_name, drop_last=drop_last)
 
 
 def make_test_loader(samples: Sequence[Sample], dataset: str, views: Views, batch_size: int,

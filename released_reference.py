@@ -26,14 +26,16 @@ RELEASED_PATCH_NUM = 25  # the released train/test patch number
 
 
 def released_three_pass_nt_loss(model: ScoreNetwork, images: torch.Tensor, mos: torch.Tensor,
-                                weight: float = DEFAULT_NT_WEIGHT, h: float = DEFAULT_NT_H) -> NTLoss:
-    """The released NT formulation, three forward passes per step: one for the L1 loss, and a separate
-    clean forward plus a shifted forward for the penalty (nt_regularizer.nt_loss needs two)."""
+                                weight: float = DEFAULT_NT_WEIGHT, h: float = DEFAULT_NT_H,
+                                criterion=F.l1_loss) -> NTLoss:
+    """The released NT formulation, three forward passes per step: one for the loss (`criterion`:
+    HyperIQA's L1; F.mse_loss for a family trained with MSE), and a separate clean forward plus a
+    shifted forward for the penalty (nt_regularizer.nt_loss needs two)."""
     scores = model(images)
-    l1 = F.l1_loss(scores, mos.to(scores.dtype))
+    loss = criterion(scores, mos.to(scores.dtype))
     probe = images.detach().requires_grad_(True)
     penalty = finite_difference_penalty(model, probe, model(probe), h)
-    return NTLoss(l1 + weight * penalty, l1, penalty, scores)
+    return NTLoss(loss + weight * penalty, loss, penalty, scores)
 
 
 def released_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,

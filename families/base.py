@@ -182,7 +182,11 @@ class Family:
     authors' files are found; score_range: the (low, high) of its scores when they are not on the
     data set's MOS scale; from_checkpoint(checkpoint, source): the network with a checkpoint's
     weights (default: strictly into `architecture()`); checkpoint_extras(network): what our
-    checkpoints store beside the weights (LinearityIQA's k and b); options: its own settings.
+    checkpoints store beside the weights (LinearityIQA's k and b); options: its own settings;
+    split_labels(samples): the samples of one split (train or test) with the labels the family
+    trains and tests on, when it rescales them per split (MANIQA: MOS min-max scaled to [0, 1]);
+    drop_last: its released loaders drop the last partial batch, of training and of test (the test
+    images past the last full batch are not scored).
     """
 
     name: str
@@ -202,6 +206,8 @@ class Family:
     from_checkpoint: Callable[["Family", Checkpoint, str], nn.Module] | None = None
     checkpoint_extras: Callable[[nn.Module], dict[str, Any]] = lambda network: {}
     options: tuple[FamilyOption, ...] = field(default_factory=tuple)
+    split_labels: Callable[[Sequence[Any]], list[Any]] | None = None
+    drop_last: bool = False
 
     def network_from(self, checkpoint: Checkpoint, source: str) -> nn.Module:
         """The family's network holding `checkpoint`'s weights (strictly), `source` naming the file in errors."""
