@@ -28,6 +28,7 @@ from families.hyperiqa import (HYPERIQA_CONFIG, NORMALIZATION, PATCH_SIZE, Hyper
 # --model name -> the module holding its FAMILY
 FAMILY_MODULES = {
     "hyperiqa": "families.hyperiqa",
+    "maniqa": "families.maniqa",
 }
 FAMILIES = tuple(FAMILY_MODULES)
 

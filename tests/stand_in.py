@@ -35,3 +35,19 @@ def stand_in_quality_model(**settings) -> QualityModel:
     """The stand-in behind HyperIQA's normalization, as a quality model (pixels -> scores) of the
     HyperIQA family: what the attacks and the evaluation take."""
     return models.get_family("hyperiqa").quality_model(StandInScoreModel(**settings))
+
+
+TINY_VIT = dict(img_size=224, patch_size=28, embed_dim=16, depth=12, num_heads=2)  # an 8 x 8 grid of tokens
+
+
+def tiny_maniqa(scale: float = 0.8) -> nn.Module:
+    """A MANIQA of the released structure and state_dict key names (12 ViT blocks read at 6-9, two
+    TABlocks and two Swin layers of two blocks per stage, the shifted windows with their mask) at a
+    tiny width: timm's ViT with 28-pixel patches of 224x224 inputs, width 16. Seeded."""
+    import timm
+
+    from families.maniqa import MANIQA
+
+    torch.manual_seed(0)
+    return MANIQA(timm.create_model("vit_base_patch8_224", pretrained=False, **TINY_VIT), embed_dim=16, dim_mlp=16,
+                  scale=scale)
