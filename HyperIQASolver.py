@@ -195,7 +195,8 @@ class HyperIQASolver:
     last layer, then everything).
 
     Each epoch: a pass over the training batches (`train_step`), then the test (`predict_images`;
-    SROCC and PLCC against MOS). The model with the best test SROCC so far in the stage is saved
+    SROCC and PLCC against MOS). The model with the best test SROCC so far in the stage (the family's
+    `selection` of SROCC and PLCC; MANIQA's: their sum; NaN never beats a number) is saved
     atomically to `files.checkpoint` as {'model', 'optimizer', 'family', 'stage', 'epoch', 'srocc',
     'plcc', 'config'} and the family's extras; unlike the released code (which started from best =
     0), the first epoch of a stage is always saved, so a run whose SROCC is never positive still
@@ -339,7 +340,7 @@ class HyperIQASolver:
             raise TrainingDiverged(f"the test predictions are not finite numbers after {self._where(epoch)}; "
                                    f"stopped ({self._kept()}); try a lower --lr")
         test_srcc, test_plcc = correlations(predictions, self.test_mos)
-        if state.best is None or test_srcc > state.best[0]:  # NaN never beats a number
+        if state.best is None or self.family.selection(test_srcc, test_plcc) > self.family.selection(*state.best):
             state.best = [test_srcc, test_plcc]
             if self.processes.is_main:
                 save_checkpoint(self.files.checkpoint, self.network, self.optimizer, family=self.family.name,

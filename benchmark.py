@@ -2,6 +2,7 @@
 
     python benchmark.py                          # batch size 4, CUDA when available; ~4 min on 2 CPU cores
     python benchmark.py --device cpu --quick     # one timed run per job, no memory: a rough look
+    python benchmark.py --model maniqa --batch_size 2 --quick   # another family: its NT step vs its baseline step
 
 Each job is run "ours" (the code path that the training script, the demos and the robustness
 evaluation run) and "released" (the same job done the way the released code does it, written out
@@ -14,6 +15,7 @@ in released_reference.py). Both get the same inputs on the same device:
 | NT, same setup | the same | three passes with our model placement: the gain of the shared forward alone |
 | training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
 | training step, AT fgsm / pgd | the same, with `--adv_train fgsm` (pgd: 10 steps), half the batch adversarial | OUR baseline step (and, for fgsm, our NT step): AT has no released counterpart, the ratio is its cost over ours |
+| training step, NT vs baseline (any `--model`) | our NT step of the family | our baseline step of the family: the cost of NT on that model |
 | scoring, gradient norms, I-FGSM on the 25 patches of an image | `attacks`, batched in chunks (`--chunk_size`, default by device) | one patch at a time |
 | square attack, 20 queries on the 25 patches of an image (no released counterpart) | `attacks.square`, batched in chunks | the same function, one patch at a time (`chunk_size=1`) |
 | data loading, first epoch | a new `data_loader.make_train_loader`: image headers read, each image decoded once and kept, `--num_workers` workers (default none) | every patch decodes its image again (25 times per image) and goes through PIL + torchvision transforms, in a shuffling DataLoader without workers |
@@ -21,7 +23,8 @@ in released_reference.py). Both get the same inputs on the same device:
 
 Time: the median of `--repeats` timed runs (`--long_repeats` for the 10-step jobs and the square
 attack) after `--warmup` runs; ours and released alternate run by run, so load from other programs
-hits both alike. Patches per second = patches of a run / median time (for the square attack: patch
+hits both alike. With `--model` another family than HyperIQA (built from scratch, its released optimizer,
+224x224 inputs, labels on its score scale), only the jobs of GENERIC_JOBS run. Patches per second = patches of a run / median time (for the square attack: patch
 queries, queries x patches); ratio = ours' median time / released median time (below
 1: ours is faster). Threads: PyTorch's default.
 
@@ -53,6 +56,7 @@ import cli
 import distributed
 import models
 from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
+from families.base import BuildOptions
 from folders import Sample
 from HyperIQASolver import Crafting, train_step
 from images import load_image
@@ -127,10 +131,12 @@ class Workbench:
 
     @functools.cached_property
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A training batch: pixels (B, 3, 224, 224) in [0, 1] and mos (B,) in 0-100."""
+        """A training batch: pixels (B, 3, 224, 224) in [0, 1] and mos (B,) on the family's score scale (0-100
+        for HyperIQA)."""
         generator = torch.Generator().manual_seed(2)
         pixels = torch.rand((self.args.batch_size, 3, models.PATCH_SIZE, models.PATCH_SIZE), generator=generator)
-        mos = 100 * torch.rand(self.args.batch_size, generator=generator)
+        low, high = models.get_family(self.args.model).score_range or (0.0, 100.0)
+        mos = low + (high - low) * torch.rand(self.args.batch_size, generator=generator)
         return pixels.to(self.device), mos.to(self.device)
 
     @functools.cached_property
@@ -138,15 +144,16 @@ class Workbench:
         return write_livec_like_folder(self.workdir / "livec_like", self.args.images)
 
     def solver_step(self, **settings) -> Call:
-        """Our training step (`HyperIQASolver.train_step`) under the TrainConfig `settings` (e.g.
-        if_grad=True, adv_train='fgsm') on a fresh model and optimizer built as training builds them."""
+        """Our training step (`HyperIQASolver.train_step`) of `--model` under the TrainConfig `settings`
+        (e.g. if_grad=True, adv_train='fgsm') on a fresh network (backbone from scratch) and the
+        optimizer of its family's first stage, built as training builds them."""
         torch.manual_seed(0)
-        config = TrainConfig(batch_size=self.args.batch_size, **settings)
-        model = models.build_model(device=self.device).train()
-        optimizer = build_optimizer(model, config, 0)
+        config = TrainConfig(model=self.args.model, batch_size=self.args.batch_size, **settings)
+        family = models.get_family(config.model)
+        model = models.build_network(config.model, BuildOptions(pretrained=False), self.device).train()
+        optimizer = family.stages(config)[0].optimizer(model, config, 0)
         pixels, mos = self.batch
         generator = torch.Generator()  # PGD's random start under adversarial training
-        family = models.get_family(config.model)
         return lambda: train_step(model, family, optimizer, pixels, mos, config,
                                   crafting=Crafting(family.quality_model(model), generator.manual_seed(0)))
 
@@ -248,6 +255,8 @@ JOBS = (
         lambda b: b.solver_step(adv_train="fgsm"), lambda b: b.solver_step(if_grad=True)),
     Job("train_at_pgd", "training step, AT pgd 10 steps (vs our baseline step)", _per_batch,
         lambda b: b.solver_step(adv_train="pgd"), lambda b: b.solver_step(), long=True),
+    Job("train_nt_vs_baseline", "training step, NT (vs our baseline step)", _per_batch,
+        lambda b: b.solver_step(if_grad=True), lambda b: b.solver_step()),
     Job("score", "scoring, 25 patches", _per_image,
         _ours(lambda b, m, x: attacks.score_patches(m, x, b.args.chunk_size)),
         _released(released_scores)),
@@ -269,6 +278,7 @@ JOBS = (
         lambda b: b.our_epoch(b.args.num_workers, first=False), lambda b: b.released_epoch()),
 )
 JOB_KEYS = tuple(job.key for job in JOBS)
+GENERIC_JOBS = ("train_nt_vs_baseline",)  # both sides run our code of any family (--model)
 # (job, side) -> the (job, side) that runs the very same code: one memory measurement serves both.
 SAME_RUN = {("train_nt_same_setup", "ours"): ("train_nt", "ours"), ("train_nt_exact", "released"): ("train_nt", "released"),
             ("train_at_fgsm", "released"): ("train_baseline", "ours"), ("train_at_fgsm_vs_nt", "ours"): ("train_at_fgsm", "ours"),
@@ -339,6 +349,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_device_argument(parser)
+    parser.add_argument("--model", choices=models.FAMILIES, default=models.DEFAULT_FAMILY,
+                        help="the family whose training steps are timed; another than hyperiqa runs only "
+                             f"{', '.join(GENERIC_JOBS)} (the other jobs time HyperIQA against its released code)")
     parser.add_argument("--batch_size", type=cli.positive_int, default=4,
                         help="patches per training step and per loader batch")
     parser.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs per job (the median is reported)")
@@ -353,7 +366,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk_size", type=cli.positive_int, default=None,
                         help="our patches per forward/backward pass in scoring, gradient norms and attacks "
                              "(default by device: attacks.default_chunk_size)")
-    parser.add_argument("--jobs", type=job_list, default=list(JOB_KEYS), help=f"comma-separated subset of: {', '.join(JOB_KEYS)}")
+    parser.add_argument("--jobs", type=job_list, default=None,
+                        help=f"comma-separated subset of: {', '.join(JOB_KEYS)} (default: all of them for hyperiqa, "
+                             f"{', '.join(GENERIC_JOBS)} for another --model)")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--quick", action="store_true",
                         help="a rough look: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items()) + ", --no_memory "
@@ -367,6 +382,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # JOB:SIDE, run by the memory measurement
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = list(JOB_KEYS) if args.model == models.DEFAULT_FAMILY else list(GENERIC_JOBS)
+    if args.model != models.DEFAULT_FAMILY and set(args.jobs) - set(GENERIC_JOBS):
+        parser.error(f"argument --jobs: with --model {args.model} only {', '.join(GENERIC_JOBS)} can run "
+                     f"(the others are HyperIQA's), got {', '.join(sorted(set(args.jobs) - set(GENERIC_JOBS)))}")
     if args.quick:  # its settings, except those given explicitly
         for key, value in QUICK.items():
             if getattr(args, key) == parser.get_default(key):
@@ -407,7 +427,8 @@ def main(args: argparse.Namespace) -> None:
             results = [r._replace(peak_mib={side: peaks[r.job.key, side] for side in SIDES}) for r in results]
     chunk = args.chunk_size or attacks.default_chunk_size(device)
     print(f"Device: {describe_device(device)}; PyTorch {torch.__version__}")
-    print(f"Batch size {args.batch_size}, attack/scoring chunk {chunk}, loader workers {args.num_workers}, "
+    print(f"Model {models.get_family(args.model).display_name}, batch size {args.batch_size}, "
+          f"attack/scoring chunk {chunk}, loader workers {args.num_workers}, "
           f"{args.images} images x {PATCHES_PER_IMAGE} patches per epoch; median of {args.repeats} runs "
           f"({args.long_repeats} for the 10-step and square attacks) after {args.warmup} warm-up")
     print()

@@ -97,7 +97,8 @@ def _pickled_model(record: safe_pickle.InertObject, path: Path, map_location: to
     try:
         state = safe_pickle.module_state(record)
     except ValueError:
-        raise CheckpointError(f"{path} holds a pickled {record.qualified_name}, neither a model nor a state_dict") from None
+        raise CheckpointError(f"{path} holds a pickled {record.qualified_name}, neither a model nor a "
+                              "state_dict") from None
     inner = record.attributes().get("_modules", {}).get("module") if record.inert_name == "DataParallel" else None
     meta = {"pickled_model": (inner or record).qualified_name,
             "module_attributes": dict(strip_dataparallel_prefix(safe_pickle.module_attributes(record)))}

@@ -135,6 +135,8 @@ def cpu_peaks_in_fresh_processes(script: str, keys: list[str], args: argparse.Na
         command = [sys.executable, script, "--probe", f"{key}:{side}", "--workdir", str(workdir),
                    "--device", "cpu", "--batch_size", str(args.batch_size), "--images", str(args.images),
                    "--num_workers", str(args.num_workers)]
+        if getattr(args, "model", None) is not None:
+            command += ["--model", args.model]
         if args.chunk_size is not None:
             command += ["--chunk_size", str(args.chunk_size)]
         peaks[key, side] = run_json(command, f"memory probe {key}:{side}")["peak_mib"]

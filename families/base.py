@@ -186,7 +186,8 @@ class Family:
     split_labels(samples): the samples of one split (train or test) with the labels the family
     trains and tests on, when it rescales them per split (MANIQA: MOS min-max scaled to [0, 1]);
     drop_last: its released loaders drop the last partial batch, of training and of test (the test
-    images past the last full batch are not scored).
+    images past the last full batch are not scored); selection(srocc, plcc): the number an epoch's
+    test result is ranked by to keep the best checkpoint (default: SROCC).
     """
 
     name: str
@@ -208,6 +209,7 @@ class Family:
     options: tuple[FamilyOption, ...] = field(default_factory=tuple)
     split_labels: Callable[[Sequence[Any]], list[Any]] | None = None
     drop_last: bool = False
+    selection: Callable[[float, float], float] = lambda srocc, plcc: srocc
 
     def network_from(self, checkpoint: Checkpoint, source: str) -> nn.Module:
         """The family's network holding `checkpoint`'s weights (strictly), `source` naming the file in errors."""

@@ -162,8 +162,8 @@ def vit_b8(pretrained: bool = False, weights_path: str | None = None) -> nn.Modu
             raise FileNotFoundError(
                 f"cannot get timm's ImageNet ViT-B/8 weights {RELEASED_VIT_WEIGHTS} from the Hugging Face hub "
                 f"({type(exc).__name__}): let timm download them once (into the hub cache, HF_HOME), or pass "
-                "--backbone_weights PATH (that model.safetensors, a timm state_dict, or the release's B_8-i21k-...npz), "
-                "or train from scratch with --no_pretrained") from None
+                "--backbone_weights PATH (that model.safetensors, a timm state_dict, or the release's "
+                "B_8-i21k-...npz), or train from scratch with --no_pretrained") from None
     vit = timm.create_model(RELEASED_VIT, pretrained=False)
     if weights_path is not None:
         load_vit_weights(vit, weights_path)
@@ -302,6 +302,7 @@ FAMILY = Family(
     from_checkpoint=network_from_checkpoint,
     split_labels=min_max_labels,
     drop_last=True,
+    selection=lambda srocc, plcc: srocc + plcc,  # train_maniqa.py keeps the epoch of the best SRCC + PLCC
     options=(FamilyOption("swin_scale", SWIN_SCALE, "residual weight of each Swin layer (the release: 0.8; its "
                           f"PIPAL22 model: {PIPAL_SWIN_SCALE}); a checkpoint keeps its own", type=float),),
 )

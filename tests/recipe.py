@@ -96,7 +96,8 @@ def _recipe_z(key: str, tensor: torch.Tensor) -> np.ndarray:
     return np.random.RandomState(zlib.crc32(key.encode())).standard_normal(tensor.numel()).reshape(tensor.shape)
 
 
-def generic_state_dict(template: torch.nn.Module, score_bias: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+def generic_state_dict(template: torch.nn.Module,
+                       score_bias: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """The generic recipe's weights for every entry of `template`'s state_dict: parameters and
     BatchNorm statistics drawn from the key's seeded normal numbers, every other buffer (index
     tables, attention masks) kept; `score_bias` maps keys to an offset added after the recipe

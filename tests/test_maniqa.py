@@ -28,7 +28,7 @@ from nt_regularizer import nt_loss
 from released_reference import released_three_pass_nt_loss
 from tests import recipe
 from tests.fake_datasets import write_image
-from tests.stand_in import tiny_maniqa
+from tests.stand_in import TINY_VIT, tiny_maniqa
 from train_config import TrainConfig
 from views import random_crop_boxes, resize_like_opencv_cubic
 
@@ -124,6 +124,24 @@ def test_the_transposed_attention_keeps_the_releases_transpose_then_reshape():
     torch.testing.assert_close(block(x), x + scrambled, rtol=1e-13, atol=1e-13)
 
 
+def test_vit_weights_come_from_a_file_and_offline_the_error_says_what_to_do(tmp_path, monkeypatch):
+    import timm
+
+    create = timm.create_model
+    source, target = (create("vit_base_patch8_224", pretrained=False, **TINY_VIT) for _ in range(2))
+    torch.save(source.state_dict(), tmp_path / "vit.pth")
+    maniqa.load_vit_weights(target, str(tmp_path / "vit.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise ConnectionError("no network")
+        return create(name, pretrained=False, **kwargs)
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(FileNotFoundError, match="augreg_in21k_ft_in1k .*--backbone_weights PATH .*--no_pretrained"):
+        maniqa.vit_b8(pretrained=True)
+
+
 def test_a_wrong_input_size_is_refused_naming_the_size():
     with pytest.raises(ValueError, match=r"\(B, 3, 224, 224\).*got \(1, 3, 200, 224\)"):
         tiny_maniqa()(torch.zeros(1, 3, 200, 224))
@@ -182,7 +200,7 @@ def test_each_split_is_min_max_scaled_on_its_own_and_the_last_partial_batches_ar
         make_train_loader(train, "koniq-10k", FAMILY.views("koniq-10k", True, 1), 9, drop_last=True)
 
 
-def test_one_adam_group_and_the_cosine_stepped_every_batch_as_the_releases_scheduler():
+def test_one_adam_group_the_cosine_stepped_every_batch_and_the_best_epoch_as_released():
     network = torch.nn.Linear(2, 1)
     config = TrainConfig(model="maniqa", lr=1e-5, weight_decay=1e-5)
     (stage,) = FAMILY.stages(config)
@@ -195,6 +213,7 @@ def test_one_adam_group_and_the_cosine_stepped_every_batch_as_the_releases_sched
         assert ours.param_groups[0]["lr"] == pytest.approx(released.param_groups[0]["lr"], rel=1e-9, abs=1e-18)
         released.step()
         scheduler.step()
+    assert FAMILY.selection(0.5, 0.9) > FAMILY.selection(0.6, 0.6)  # the best epoch: SROCC + PLCC, as released
 
 
 # -- NT on MANIQA
