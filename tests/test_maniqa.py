@@ -1,5 +1,5 @@
 """MANIQA: the released architecture against the release's float64 numbers (tests/fixtures/
-maniqa_reference_float64.json, one image: the real ViT-B/8 in float64 takes about half a minute),
+maniqa_reference_float64.json, one image: the real ViT-B/8 in float64 costs about a minute of CPU),
 its state_dict layout, the transposed attention's reshape, the released protocol (views, the
 OpenCV-like resize, per-split MOS scaling, the dropped last batches, the cosine stepped every
 batch), NT on it (parameter gradients against the three-pass form; the shifted forward sees the
