@@ -202,8 +202,20 @@ def round_loaders(config: TrainConfig, train_samples: Sequence[Sample], test_sam
     """The loaders of round `round_index` for this process, with the views of `config.model`'s family
     (as its options make it), their random streams keyed by the round (the same batches and views
     whatever the number of processes): training, test, validation (of `validation_samples`, if any),
-    and for a family with a calibration the training images in order, with their training views."""
+    and for a family with a calibration the training images in order, with their training views.
+    A family's `split_labels` rescales each split's labels; with its `drop_last`, the last partial
+    batch of each training epoch is dropped, and so are the test images past the last full test batch
+    (after the rescaling, as released)."""
     family = get_family(config.model).configured(config.options)
+    if family.split_labels is not None:
+        train_samples, test_samples = family.split_labels(train_samples), family.split_labels(test_samples)
+        if validation_samples is not None:
+            validation_samples = family.split_labels(validation_samples)
+    if family.drop_last:
+        test_samples = test_samples[:len(test_samples) // config.batch_size * config.batch_size]
+        if not test_samples:
+            raise ValueError(f"{family.display_name}'s released test loader drops the last partial batch: the test "
+                             f"split needs at least --batch_size {config.batch_size} images")
     where = dict(device=processes.device, rank=processes.rank, world_size=processes.world_size,
                  input_sizes=family.input_sizes, model_name=family.display_name)
     train_views = family.views(config.dataset, True, config.train_patch_num)
@@ -215,7 +227,8 @@ def round_loaders(config: TrainConfig, train_samples: Sequence[Sample], test_sam
 
     return RoundLoaders(
         make_train_loader(train_samples, config.dataset, train_views, config.batch_size, config.seed, round_index,
-                          num_workers, cache_gib=cache_gib, min_share=family.min_batch_per_process, **where),
+                          num_workers, cache_gib=cache_gib, min_share=family.min_batch_per_process,
+                          drop_last=family.drop_last, **where),
         in_order(test_samples, test_views),
         None if validation_samples is None else in_order(validation_samples, test_views),
         None if family.calibration is None else in_order(train_samples, train_views))
@@ -237,7 +250,8 @@ class HyperIQASolver:
 
     Each epoch: a pass over the training batches (`train_step`), then the test (`predict_images`;
     SROCC and PLCC against MOS; on the validation loader when there is one). The model with the best
-    test (validation) SROCC so far in the stage is saved atomically to `files.checkpoint` as
+    test (validation) result so far in the stage (the family's `selection_score` of SROCC and PLCC:
+    SROCC, LinearityIQA's |SROCC|, MANIQA's sum; NaN never beats a number) is saved atomically to `files.checkpoint` as
     {'model', 'optimizer', 'family', 'stage', 'epoch', 'srocc', 'plcc', 'config'} and the family's
     extras; unlike the released code (which started from best = 0), the first epoch of a stage is
     always saved, so a run whose SROCC is never positive still leaves a checkpoint. A stage after the
@@ -419,8 +433,8 @@ class HyperIQASolver:
             raise TrainingDiverged(f"the test predictions are not finite numbers after {self._where(epoch)}; "
                                    f"stopped ({self._kept()}); try a lower --lr")
         test_srcc, test_plcc = correlations(predictions, self.test_mos)
-        criterion = abs if self.family.select_on_absolute_srocc else float
-        if state.best is None or criterion(test_srcc) > criterion(state.best[0]):  # NaN never beats a number
+        score = self.family.selection_score
+        if state.best is None or score(test_srcc, test_plcc) > score(*state.best):  # NaN never beats a number
             state.best = [test_srcc, test_plcc]
             if self.processes.is_main:
                 save_checkpoint(self.files.checkpoint, self.network, self.optimizer, family=self.family.name,

@@ -4,6 +4,7 @@
     python benchmark.py --device cpu --quick     # one timed run per job, no memory: a rough look
     python benchmark.py --model dbcnn --device cpu --batch_size 2   # DBCNN's training steps (448x448 crops)
     python benchmark.py --model linearityiqa --batch_size 2 --jobs train_nt_vs_baseline   # its NT step vs its baseline
+    python benchmark.py --model maniqa --batch_size 2 --jobs train_nt_vs_baseline --quick   # MANIQA's NT step vs its baseline
 
 Each job is run "ours" (the code path that the training script, the demos and the robustness
 evaluation run) and "released" (the same job done the way the released code does it, written out
@@ -28,7 +29,8 @@ side running its released loss in the released three-pass NT:
 
 Time: the median of `--repeats` timed runs (`--long_repeats` for the 10-step jobs and the square
 attack) after `--warmup` runs; ours and released alternate run by run, so load from other programs
-hits both alike. Patches per second = patches of a run / median time (for the square attack: patch
+hits both alike. With `--model` another family than HyperIQA, its networks are built from scratch and
+its labels are on its score scale (MANIQA: [0, 1]). Patches per second = patches of a run / median time (for the square attack: patch
 queries, queries x patches); ratio = ours' median time / released median time (below
 1: ours is faster). Threads: PyTorch's default.
 
@@ -152,11 +154,12 @@ class Workbench:
     @functools.cached_property
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch: pixels (B, 3, h, w) in [0, 1], the size of the family's LIVEC training views
-        (HyperIQA: 224x224), and mos (B,) in 0-100."""
+        (HyperIQA: 224x224), and mos (B,) on the family's score scale (0-100 for HyperIQA)."""
         generator = torch.Generator().manual_seed(2)
         height, width = self.family.views("livec", True, 1).view_size(LIVEC_SIDE, LIVEC_SIDE)
         pixels = torch.rand((self.args.batch_size, 3, height, width), generator=generator)
-        mos = 100 * torch.rand(self.args.batch_size, generator=generator)
+        low, high = self.family.score_range or (0.0, 100.0)
+        mos = low + (high - low) * torch.rand(self.args.batch_size, generator=generator)
         return pixels.to(self.device), mos.to(self.device)
 
     @functools.cached_property
@@ -164,8 +167,9 @@ class Workbench:
         return write_livec_like_folder(self.workdir / "livec_like", self.args.images)
 
     def solver_step(self, **settings) -> Call:
-        """Our training step (`HyperIQASolver.train_step`) under the TrainConfig `settings` (e.g.
-        if_grad=True, adv_train='fgsm') on a fresh model and optimizer built as training builds them."""
+        """Our training step (`HyperIQASolver.train_step`) of `--model` under the TrainConfig `settings`
+        (e.g. if_grad=True, adv_train='fgsm') on a fresh network (backbone from scratch) and the
+        optimizer of its family's first stage, built as training builds them."""
         torch.manual_seed(0)
         config = self.training_config(**settings)
         model = models.build_network(config.model, BuildOptions(pretrained=False), self.device).train()

@@ -5,7 +5,11 @@ A checkpoint holds a state_dict, bare or under a key: `{'model': ...}` (our file
 LinearityIQA releases), `{'params': ...}` (pyiqa's files), `{'state_dict': ...}`; keys saved from
 `nn.DataParallel` carry a `module.` prefix, which is stripped. What sits beside the state_dict (our
 `family`, `config`, `epoch`; LinearityIQA's `k` and `b`) is kept as the checkpoint's metadata.
-Files are read with `torch.load(..., weights_only=True)`: a file that would run code is refused.
+Files are read with `torch.load(..., weights_only=True)`. A file that it refuses, because its pickle
+names other Python objects (the MANIQA PIPAL22 release is a whole pickled `DataParallel(MANIQA)`),
+is read again by the restricted reader of safe_pickle.py, which never imports a class from the file
+and keeps only the tensors: from a pickled model its state_dict (and its plain attributes as the
+metadata `module_attributes`). A file whose pickle asks to call anything is refused.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 import torch.nn as nn
 
+import safe_pickle
 from atomic_file import atomic_write
 
 STATE_KEYS = ("model", "params", "state_dict")  # where the state_dict sits in a wrapped checkpoint
@@ -43,9 +48,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: torch.device | str = 
                     missing_help: str = "") -> Checkpoint:
     """The state_dict and metadata stored in `path`, whatever the wrapper (see the module docstring).
 
-    Loads with `weights_only=True`. Raises CheckpointError with a one-line reason: a missing file
-    (followed by `missing_help`, e.g. where the authors' checkpoints are found), a directory, a
-    truncated or unreadable file, a file that would run code, a file without a state_dict.
+    Loads with `weights_only=True`, and a file it refuses with the restricted reader (see the module
+    docstring). Raises CheckpointError with a one-line reason: a missing file (followed by
+    `missing_help`, e.g. where the authors' checkpoints are found), a directory, a truncated or
+    unreadable file, a file whose pickle asks to run code, a file without a state_dict.
     """
     path = Path(path)
     if not path.exists():
@@ -55,10 +61,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: torch.device | str = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        reason = _first_line(exc)
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            reason = "it contains Python objects other than tensors, and loading it could run code; refused"
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+        obj = _read_restricted(path)
+        if isinstance(obj, safe_pickle.InertObject):
+            return _pickled_model(obj, path, map_location)
     meta: dict[str, Any] = {}
     if isinstance(obj, Mapping):
         key = next((k for k in STATE_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -68,11 +75,40 @@ def read_checkpoint(path: str | os.PathLike, map_location: torch.device | str = 
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state_dict (expected a dict of tensors, or one under "
                               f"{', '.join(repr(k) for k in STATE_KEYS)})")
-    return Checkpoint(strip_dataparallel_prefix(obj), meta)
+    state = strip_dataparallel_prefix(obj)
+    return Checkpoint(OrderedDict((key, tensor.to(map_location)) for key, tensor in state.items()), meta)
 
 
-def strip_dataparallel_prefix(state: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    """`state` with the `module.` prefix of nn.DataParallel removed from every key that has it."""
+def _read_restricted(path: Path) -> Any:
+    """The object of a checkpoint that weights_only refused, by the restricted reader (tensors on the
+    CPU); CheckpointError when that reader refuses it too."""
+    try:
+        return safe_pickle.load_torch_file(path)
+    except safe_pickle.PickleRefused as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: it contains Python objects other than tensors, and "
+                              f"loading it could run code ({_first_line(exc)}); refused") from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+
+
+def _pickled_model(record: safe_pickle.InertObject, path: Path, map_location: torch.device | str) -> Checkpoint:
+    """The checkpoint of a whole pickled model: its state_dict on `map_location`, and as metadata the
+    class it was (inside a DataParallel, the wrapped one) and its plain attributes by dotted name."""
+    try:
+        state = safe_pickle.module_state(record)
+    except ValueError:
+        raise CheckpointError(f"{path} holds a pickled {record.qualified_name}, neither a model nor a "
+                              "state_dict") from None
+    inner = record.attributes().get("_modules", {}).get("module") if record.inert_name == "DataParallel" else None
+    meta = {"pickled_model": (inner or record).qualified_name,
+            "module_attributes": dict(strip_dataparallel_prefix(safe_pickle.module_attributes(record)))}
+    state = OrderedDict((key, tensor.to(map_location)) for key, tensor in strip_dataparallel_prefix(state).items())
+    return Checkpoint(state, meta)
+
+
+def strip_dataparallel_prefix(state: Mapping[str, Any]) -> "OrderedDict[str, Any]":
+    """`state` (a state_dict, or anything keyed by module path) with the `module.` prefix of
+    nn.DataParallel removed from every key that has it."""
     return OrderedDict((k[len(DATAPARALLEL_PREFIX):] if k.startswith(DATAPARALLEL_PREFIX) else k, v)
                        for k, v in state.items())
 

@@ -135,14 +135,16 @@ class ViewLoader:
     views; `model_name` names the model in that message) stops the run before the first step.
     Training loaders give each process at least `min_share` views a step (Family.min_batch_per_process):
     the epoch's last, smaller batch is dropped when a process's share of it would be fewer (said once),
-    and a batch size that gives fewer is refused.
+    and a batch size that gives fewer is refused. With `drop_last` (training) each epoch's last partial
+    batch is dropped, as a DataLoader(drop_last=True).
     """
 
     def __init__(self, samples: Sequence[Sample], dataset: str, views: Views, batch_size: int, train: bool,
                  seed: int = seeding.DEFAULT_SEED, round_index: int = 0, num_workers: int = 0,
                  device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
                  decode: Decoder = load_image, rank: int = 0, world_size: int = 1,
-                 input_sizes: InputSizes | None = None, model_name: str = "the model", min_share: int = 1):
+                 input_sizes: InputSizes | None = None, model_name: str = "the model", min_share: int = 1,
+                 drop_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if train:
@@ -170,11 +172,14 @@ class ViewLoader:
         self.window_images, self.keep_decoded = self._windowing(cache_gib * GIB)
         last = len(self.samples) * self.patch_num % batch_size
         # (min_share 1: a process left without an entry runs a placeholder, see share_of)
-        self.drops_last = train and last > 0 and min_share > 1 and last // world_size < min_share
+        share_too_small = min_share > 1 and last // world_size < min_share
+        self.drops_last = train and last > 0 and (drop_last or share_too_small)
         if train and len(self) == 0:
-            raise ValueError(f"{len(self.samples) * self.patch_num} training view(s) make no step: {model_name} "
-                             f"needs at least {min_share} views per process in a step")
-        if self.drops_last and rank == 0:
+            why = ("the last partial batch is dropped" if drop_last else
+                   f"{model_name} needs at least {min_share} views per process in a step")
+            raise ValueError(f"{len(self.samples)} training images x {self.patch_num} views make no full batch of "
+                             f"{batch_size}, and {why}: nothing to train on")
+        if self.drops_last and share_too_small and not drop_last and rank == 0:
             print(f"the last training batch of each epoch ({last} of the {len(self.samples) * self.patch_num} views) "
                   f"is dropped: {model_name} needs at least {min_share} views per process in a step", file=sys.stderr,
                   flush=True)
@@ -384,13 +389,13 @@ def make_train_loader(samples: Sequence[Sample], dataset: str, views: Views, bat
                       device: torch.device | str = "cpu", cache_gib: float = DEFAULT_CACHE_GIB,
                       decode: Decoder = load_image, rank: int = 0, world_size: int = 1,
                       input_sizes: InputSizes | None = None, model_name: str = "the model",
-                      min_share: int = 1) -> ViewLoader:
+                      min_share: int = 1, drop_last: bool = False) -> ViewLoader:
     """Training batches as the released shuffling loader draws them, with the training `views` of a
     family (see ViewLoader); `batch_size` is the global batch, dealt to the `world_size` processes,
-    each getting at least `min_share` views a step."""
+    each getting at least `min_share` views a step; `drop_last`: without each epoch's last partial batch."""
     return ViewLoader(samples, dataset, views, batch_size, True, seed, round_index, num_workers, device,
                       cache_gib=cache_gib, decode=decode, rank=rank, world_size=world_size, input_sizes=input_sizes,
-                      model_name=model_name, min_share=min_share)
+                      model_name=model_name, min_share=min_share, drop_last=drop_last)
 
 
 def make_test_loader(samples: Sequence[Sample], dataset: str, views: Views, batch_size: int,

@@ -30,6 +30,7 @@ FAMILY_MODULES = {
     "hyperiqa": "families.hyperiqa",
     "dbcnn": "families.dbcnn",
     "linearityiqa": "families.linearityiqa",
+    "maniqa": "families.maniqa",
 }
 FAMILIES = tuple(FAMILY_MODULES)
 

@@ -3,13 +3,12 @@
 The units of a split are the distinct `content` values of the samples: the reference images for
 live, csiq, tid2013 and synthetic (no scene on both sides), single images otherwise. The paper's
 LIVEC split comes as a pickled list of 1162 image indices (the first 930 for training); it is read
-here without running any pickle code. A family that selects its checkpoint on a validation split
-(LinearityIQA) cuts the same unit order in three (`split_with_validation`; KonIQ-10k's 7058 / 1000 /
-2015); `round_split` gives each family its split.
+without running any pickle code (safe_pickle.load_data: plain data and NumPy arrays only). A family
+that selects its checkpoint on a validation split (LinearityIQA) cuts the same unit order in three
+(`split_with_validation`; KonIQ-10k's 7058 / 1000 / 2015); `round_split` gives each family its split.
 """
 from __future__ import annotations
 
-import io
 import json
 import pickle
 from typing import NamedTuple, Sequence
@@ -17,6 +16,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 import folders
+import safe_pickle
 from folders import Sample
 from seeding import DEFAULT_SEED, SPLIT, derived_seed
 
@@ -110,27 +110,12 @@ def round_split(samples: Sequence[Sample], dataset: str, seed: int = DEFAULT_SEE
     return split_with_validation(samples, dataset, validation_shares, seed, round_index, split_file)
 
 
-class _DataOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain data only. Every class or function reference, the way a pickle runs code, is
-    refused, except the NumPy constructors of arrays, scalars and dtypes (a split saved from NumPy)."""
-
-    NUMPY_CONSTRUCTORS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                          ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                          ("numpy", "ndarray"), ("numpy", "dtype")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.NUMPY_CONSTRUCTORS:
-            raise pickle.UnpicklingError(f"refusing {module}.{name}: a split file may hold only a list of integers")
-        if module == "numpy":
-            return getattr(np, name)
-        return getattr(np._core.multiarray, name)
-
-
 def read_split_file(path: str) -> list[int]:
     """The list of integer indices stored in `path`: JSON (a list) or a pickle of a list/array of ints.
 
-    The pickle is read without running code (see `_DataOnlyUnpickler`). Raises FileNotFoundError,
-    or ValueError naming the file and what is wrong with it.
+    The pickle is read without running code (safe_pickle.load_data: containers, numbers and NumPy
+    arrays; any other class or function it names is refused). Raises FileNotFoundError, or
+    ValueError naming the file and what is wrong with it.
     """
     try:
         with open(path, "rb") as f:
@@ -141,7 +126,10 @@ def read_split_file(path: str) -> list[int]:
         if data.lstrip()[:1] == b"[":
             values = json.loads(data.decode("utf-8"))
         else:
-            values = _DataOnlyUnpickler(io.BytesIO(data)).load()
+            values = safe_pickle.load_data(data)
+    except safe_pickle.PickleRefused as exc:
+        raise ValueError(f"cannot read split file {path}: refusing it, {exc} (a split file holds a list of "
+                         "integers)") from None
     except (pickle.UnpicklingError, ValueError, EOFError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"cannot read split file {path} (expected a JSON list or a pickled list of integers): {exc}") from None
     if isinstance(values, np.ndarray):

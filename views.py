@@ -13,13 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from images import image_to_tensor, load_image
 
 FLIPS = ("none", "horizontal", "vertical")  # horizontal: left-right (mirror); vertical: up-down
 RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+OPENCV_CUBIC = "opencv_cubic"  # cv2.resize(..., interpolation=INTER_CUBIC), see `resize_like_opencv_cubic`
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,13 @@ class Views:
 
     count: views per image; crop: (height, width) of a random crop, None for the whole image; flip:
     one of FLIPS, each view flipped with `flip_probability`; resize: (height, width) sizes the decoded
-    image is resized to, in turn, before any crop (PIL, `resample`); crop_last_offset: whether a crop
-    may start at the last offset (side - crop), as torchvision's RandomCrop allows; rotation: the
-    largest angle in degrees of a random rotation of the (resized) image about its centre before the
-    flip and the crop, the angle uniform in [-rotation, rotation] (nearest neighbour, the corners
-    black, the size kept: torchvision's `rotate`, as LinearityIQA's --augment); 0 for none.
+    image is resized to, in turn, before any crop, by `resample`: PIL's 'bilinear' or 'bicubic'
+    (antialiased when shrinking, as torchvision's Resize of a PIL image), or OPENCV_CUBIC (OpenCV's
+    INTER_CUBIC, no antialiasing: MANIQA's KonIQ-10k pipeline); crop_last_offset: whether a crop may
+    start at the last offset (side - crop), as torchvision's RandomCrop allows; rotation: the largest
+    angle in degrees of a random rotation of the (resized) image about its centre before the flip and
+    the crop, the angle uniform in [-rotation, rotation] (nearest neighbour, the corners black, the
+    size kept: torchvision's `rotate`, as LinearityIQA's --augment); 0 for none.
     """
 
     count: int = 1
@@ -49,8 +54,8 @@ class Views:
             raise ValueError(f"views per image must be >= 1, got {self.count}")
         if self.flip not in FLIPS:
             raise ValueError(f"unknown flip {self.flip!r}; valid: {', '.join(FLIPS)}")
-        if self.resample not in RESAMPLING:
-            raise ValueError(f"unknown resampling {self.resample!r}; valid: {', '.join(RESAMPLING)}")
+        if self.resample not in RESAMPLING and self.resample != OPENCV_CUBIC:
+            raise ValueError(f"unknown resampling {self.resample!r}; valid: {', '.join(RESAMPLING)}, {OPENCV_CUBIC}")
         if not self.rotation >= 0:
             raise ValueError(f"the largest rotation must be >= 0 degrees, got {self.rotation}")
 
@@ -77,10 +82,26 @@ class CropBox(NamedTuple):
     angle: float = 0.0  # degrees (counter-clockwise) the whole image is rotated by before the crop
 
 
+def resize_like_opencv_cubic(img: Image.Image, height: int, width: int) -> Image.Image:
+    """An 8-bit RGB image resized to `height` x `width` as `cv2.resize(img, (width, height),
+    interpolation=cv2.INTER_CUBIC)` does it, without OpenCV: bicubic convolution with a = -0.75,
+    half-pixel centres, source indices clamped at the borders and no antialiasing when shrinking,
+    which is what torch's bicubic interpolation computes (here in float64), rounded to 8 bits.
+    OpenCV computes in fixed point (11-bit weights), so a few values differ by one level (the
+    README gives the measured share)."""
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None].double()
+    resized = F.interpolate(pixels, size=(height, width), mode="bicubic", align_corners=False)
+    levels = resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
+    return Image.fromarray(levels.numpy(), mode="RGB")
+
+
 def resize_as_released(img: Image.Image, views: Views) -> Image.Image:
-    """The decoded image after the protocol's resizes (each (height, width), PIL `views.resample`)."""
+    """The decoded image after the protocol's resizes (each (height, width), by `views.resample`)."""
     for height, width in views.resize:
-        img = img.resize((width, height), RESAMPLING[views.resample])
+        if views.resample == OPENCV_CUBIC:
+            img = resize_like_opencv_cubic(img, height, width)
+        else:
+            img = img.resize((width, height), RESAMPLING[views.resample])
     return img
 
 

@@ -230,9 +230,13 @@ class Family:
     a validation split (None: on the test split); calibration: the map fitted on the training set
     after training (Calibration); min_batch_per_process: the fewest training views a process may
     see in a step (2 with BatchNorm1d, which fails on one value per channel in train mode): a last
-    batch with a share below it is dropped, a full batch below it refused; select_on_absolute_srocc:
-    keep the epoch of the largest |SROCC| rather than SROCC (the released LinearityIQA, whose map
-    fitted after training turns a negative correlation positive).
+    batch with a share below it is dropped, a full batch below it refused; split_labels(samples): the
+    samples of one split (train, validation or test) with the labels the family trains and tests on,
+    when it rescales them per split (MANIQA: MOS min-max scaled to [0, 1]); drop_last: its released
+    loaders drop the last partial batch, of training and of test (the test images past the last full
+    batch are not scored); selection_score(srocc, plcc): the number an epoch's test (validation)
+    result is ranked by to keep the best checkpoint (default: SROCC; LinearityIQA: |SROCC|, as its map
+    fitted after training turns a negative correlation positive; MANIQA: SROCC + PLCC).
     """
 
     name: str
@@ -256,7 +260,9 @@ class Family:
     validation_shares: Callable[[str], tuple[float, float]] | None = None
     calibration: Calibration | None = None
     min_batch_per_process: int = 1
-    select_on_absolute_srocc: bool = False
+    split_labels: Callable[[Sequence[Any]], list[Any]] | None = None
+    drop_last: bool = False
+    selection_score: Callable[[float, float], float] = lambda srocc, plcc: srocc
 
     def configured(self, options: Mapping[str, Any]) -> "Family":
         """This family as `options` (its FamilyOption values by name; defaults where absent) make it."""

@@ -318,5 +318,5 @@ FAMILY = Family(
     validation_shares=validation_shares,
     calibration=Calibration(lambda network, inputs: network(inputs, all_outputs=True)[1], OUTPUTS, fit_linear_map),
     min_batch_per_process=2,  # BatchNorm1d in train mode fails on a batch of one
-    select_on_absolute_srocc=True,  # main.py:106: abs(val SROCC)
+    selection_score=lambda srocc, plcc: abs(srocc),  # main.py:106: abs(val SROCC)
 )

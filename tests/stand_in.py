@@ -51,3 +51,17 @@ def linearityiqa_stand_in() -> nn.Module:
         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1),
         nn.Conv2d(16, 1024, 1, stride=2), nn.Sequential(nn.Conv2d(1024, 16, 1, stride=2), nn.Conv2d(16, 2048, 1)))
     return LinearityIQA(features)
+TINY_VIT = dict(img_size=224, patch_size=28, embed_dim=16, depth=12, num_heads=2)  # an 8 x 8 grid of tokens
+
+
+def tiny_maniqa(scale: float = 0.8) -> nn.Module:
+    """A MANIQA of the released structure and state_dict key names (12 ViT blocks read at 6-9, two
+    TABlocks and two Swin layers of two blocks per stage, the shifted windows with their mask) at a
+    tiny width: timm's ViT with 28-pixel patches of 224x224 inputs, width 16. Seeded."""
+    import timm
+
+    from families.maniqa import MANIQA
+
+    torch.manual_seed(0)
+    return MANIQA(timm.create_model("vit_base_patch8_224", pretrained=False, **TINY_VIT), embed_dim=16, dim_mlp=16,
+                  scale=scale)

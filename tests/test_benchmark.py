@@ -87,3 +87,11 @@ def test_unknown_job_is_a_one_line_error():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "unknown job train; valid: train_baseline" in done.stderr
+
+
+def test_another_family_times_only_the_jobs_of_any_family(capsys):
+    assert benchmark.parse_args(["--model", "maniqa"]).jobs == list(benchmark.GENERIC_JOBS)
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--model", "maniqa", "--jobs", "train_nt,train_nt_vs_baseline"])
+    assert "with --model maniqa only train_nt_vs_baseline can run (the others are HyperIQA's), got train_nt" in \
+        capsys.readouterr().err

@@ -224,7 +224,8 @@ BAD_CHECKPOINTS = {
                "download them into checkpoints/ under the names listed in checkpoints/README.md",
     "another architecture": "{path} does not fit HyperIQA (hyperiqa): ",
     "runs code": "cannot read checkpoint {path}: it contains Python objects other than tensors, and loading it "
-                 "could run code; refused",
+                 "could run code (the pickle asks for " + os.system.__module__ + ".system, which a data file has no "
+                 "need of); refused",
     "truncated": "cannot read checkpoint {path}: ",
 }
 
