@@ -7,7 +7,7 @@ its input and stays in the eps-ball and in [0, 1]. One file per kind of attack, 
 - attacks/gradient.py: fgsm, ifgsm (the released demo's), pgd (with restarts), mifgsm;
 - attacks/square.py: the gradient-free square attack;
 - attacks/base.py: the result type, the direction rule, chunking, scoring, gradient norms, rounding
-  to 8 bits and JPEG re-compression.
+  to 8 bits (the input defenses, JPEG re-compression among them, are in defenses.py).
 
 `run_attack(name, ...)` runs any of ATTACKS; `attack_settings` gives each one's default step size and
 number of steps at an eps.
@@ -25,7 +25,7 @@ import math
 import torch
 
 from attacks.base import (CPU_CHUNK_SIZE, CUDA_CHUNK_SIZE, DEFAULT_EPS, DEFAULT_SCORE_MIDDLE, LOWER, RAISE,  # noqa: F401
-                          AttackResult, attack_direction, default_chunk_size, jpeg_recompress, quantize_8bit,
+                          AttackResult, attack_direction, default_chunk_size, quantize_8bit,
                           score_patches, scores_and_gradient_norms)
 from attacks.gradient import (DEFAULT_ALPHA, DEFAULT_STEPS, MIFGSM_MOMENTUM, MIFGSM_STEPS, PGD_STEP_FRACTION,  # noqa: F401
                               PGD_STEPS, fgsm, iterative_fgsm, mifgsm, pgd)
