@@ -103,6 +103,9 @@ def test_noisy_images_are_clipped_to_the_pixel_range_and_the_median_is_the_lower
                 for _ in range(10)]
     assert torch.allclose(scores[0], torch.stack(expected))
     assert certify.bounds_of_scores(scores, (0.05,), SIGMA, 0.9).smoothed.item() == scores.sort().values[0, 4].item()
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).double()[None]  # the values 0-999
+    bounds = certify.bounds_of_scores(shuffled, (0.05, 0.25), SIGMA, 0.9995)
+    assert bounds.lower[:, 0].tolist() == [289, 5] and bounds.upper[:, 0].tolist() == [710, 994]  # the samples named
 
 
 def test_an_image_of_several_views_splits_the_confidence_between_them():

@@ -1,14 +1,20 @@
 """evaluate_robustness.py with --defense, --adaptive and --certify, end to end on a tiny CSV data set
 with the stand-in model."""
+import argparse
 import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import attacks
+import defense_evaluation
+import defense_scores
 import evaluate_robustness
 import models
+from defenses import parse_defense, quantize_colors
 from tests.stand_in import stand_in_quality_model
 from tests.test_evaluate_robustness import make_csv_dataset
 from tests.test_reliability import error_line, run_main
@@ -84,3 +90,18 @@ def test_bad_defense_flags_are_refused_in_one_line(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_status:
         evaluate_robustness.parse_args(["--checkpoint", "a.pth", "--dataset_path", "x", *flags])
     assert exit_status.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_records_keep_the_undefended_score_and_compare_the_clean_views_with_the_defended_ones():
+    args = argparse.Namespace(defense=parse_defense("quantize:4"), adaptive=False, certify=False, seed=919, eot=8)
+    records, model = defense_evaluation.Records(args, 1, 1, 1), stand_in_quality_model().eval()
+    clean = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    adversarial = (clean + 0.05).clamp(0, 1)
+    assert records.attack_target(model, 0) is model  # not adaptive: the bare model is attacked
+    score = records.attacked(0, 0, 0, model, adversarial, clean, 55.0, None)
+    defended = quantize_colors(adversarial, 4)
+    assert score == pytest.approx(attacks.score_patches(model, defended).mean().item())
+    ssim, psnr = defense_scores.view_similarity(clean.numpy(), defended.numpy())
+    assert records.arrays["undefended_attacked"][0, 0, 0] == 55.0
+    assert records.arrays["ssim_attacked"][0, 0, 0] == pytest.approx(ssim)
+    assert records.arrays["psnr_attacked"][0, 0, 0] == pytest.approx(psnr)
