@@ -157,7 +157,8 @@ class Records:
                                             args.confidence, seeding.seeded_generator(args.seed, seeding.SMOOTHING_NOISE,
                                                                                       index), chunk_size)
         self.arrays["smoothed"][k, index] = certificate.smoothed.item()
-        self.arrays["lower"][k, :, index], self.arrays["upper"][k, :, index] = certificate.lower[:, 0], certificate.upper[:, 0]
+        self.arrays["lower"][k, :, index] = certificate.lower[:, 0]
+        self.arrays["upper"][k, :, index] = certificate.upper[:, 0]
 
     def tables(self, names: Sequence[str], score_ranges: Sequence[tuple[float, float]], paths: Sequence[str],
                mos: np.ndarray, settings: Sequence[tuple[str, float]], clean: np.ndarray,
@@ -185,9 +186,9 @@ class Records:
                 images += [dict(model=name, image=path, radius=radius, smoothed=smoothed[i], lower=lower[r, i],
                                 upper=upper[r, i], width=upper[r, i] - lower[r, i])
                            for i, path in enumerate(paths) for r, radius in enumerate(args.certify_eps)]
-            tables += [Table("certified.csv", f"Certified score intervals by median smoothing (sigma {args.smoothing_sigma:g}, "
-                                              f"{args.samples} samples, confidence {args.confidence:g}); width_share: "
-                                              "of the score range", widths, certify.CERTIFIED_COLUMNS),
+            title = (f"Certified score intervals by median smoothing (sigma {args.smoothing_sigma:g}, {args.samples} "
+                     f"samples, confidence {args.confidence:g}); width_share: of the score range")
+            tables += [Table("certified.csv", title, widths, certify.CERTIFIED_COLUMNS),
                        Table("certified_images.csv", "", images, IMAGE_COLUMNS)]
         return tables
 

@@ -129,8 +129,11 @@ def random_crop_resize(pixels: torch.Tensor, fraction: float, generator: torch.G
     check_pixels(pixels)
     height, width = pixels.shape[-2:]
     crop_height, crop_width = max(1, round(fraction * height)), max(1, round(fraction * width))
-    corners = _per_image(len(pixels), lambda: torch.cat([torch.randint(0, height - crop_height + 1, (1,), generator=generator),
-                                                         torch.randint(0, width - crop_width + 1, (1,), generator=generator)]))
+    def corner() -> torch.Tensor:  # (top, left) of one image's crop
+        return torch.cat([torch.randint(0, height - crop_height + 1, (1,), generator=generator),
+                          torch.randint(0, width - crop_width + 1, (1,), generator=generator)])
+
+    corners = _per_image(len(pixels), corner)
     crops = torch.stack([image[:, top:top + crop_height, left:left + crop_width]
                          for image, (top, left) in zip(pixels, corners.tolist())])
     if (crop_height, crop_width) == (height, width):
@@ -220,8 +223,8 @@ def parse_defense(text: str) -> Defense:
     try:
         parameter = transform.kind(value)
     except ValueError:
-        raise ValueError(f"defense {name}: its {transform.parameter} must be {'a whole number' if transform.kind is int else 'a number'}, "
-                         f"got {value!r}") from None
+        kind = "a whole number" if transform.kind is int else "a number"
+        raise ValueError(f"defense {name}: its {transform.parameter} must be {kind}, got {value!r}") from None
     if not (math.isfinite(parameter) and transform.valid(parameter)):
         raise ValueError(f"defense {name}: its {transform.parameter} must be {transform.rule}, got {value}")
     return Defense(name, parameter)

@@ -12,8 +12,9 @@ HyperIQA). For every image and checkpoint: the views of the family's test protoc
 training script's test loader draws at its first epoch; DBCNN: the whole image), the clean scores
 and the l1 gradient norm (in the model's own input space, after its normalization), then every
 attack at every eps. An image's score is the mean over its views; attacked images are scored as
-saved (rounded to 8 bits), and with `--defense NAME[:PARAM]` through that input defense. Printed and saved (`--out_dir`/robustness.csv and .json,
-the JSON with the per-image scores), one row per checkpoint x attack x eps:
+saved (rounded to 8 bits), and with `--defense NAME[:PARAM]` through that input defense. Printed and
+saved (`--out_dir`/robustness.csv and .json, the JSON with the per-image scores), one row per
+checkpoint x attack x eps:
 
 - clean_srocc, clean_plcc / attacked_srocc, attacked_plcc: clean / attacked predictions vs MOS;
 - srocc, plcc, krocc, rmse, mae, R: attacked vs clean predictions (R: metrics.robustness_r over the

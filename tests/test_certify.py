@@ -109,7 +109,8 @@ def test_noisy_images_are_clipped_to_the_pixel_range_and_the_median_is_the_lower
 
 
 def test_an_image_of_several_views_splits_the_confidence_between_them():
-    views, model, radii = image().repeat(3, 1, 1, 1) + torch.tensor([0.0, 0.05, -0.05]).view(3, 1, 1, 1), SmoothModel(), (0.1,)
+    views = image().repeat(3, 1, 1, 1) + torch.tensor([0.0, 0.05, -0.05]).view(3, 1, 1, 1)
+    model, radii = SmoothModel(), (0.1,)
     certificate = certify.certify_views(model, views, radii, SIGMA, 300, CONFIDENCE, torch.Generator().manual_seed(4))
     scores = certify.noisy_scores(model, views, SIGMA, 300, torch.Generator().manual_seed(4))
     per_bound = 1 - (1 - CONFIDENCE) / (2 * len(views))  # two bounds of three views

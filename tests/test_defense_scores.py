@@ -17,8 +17,9 @@ def test_gains_follow_the_benchmark_definitions_in_their_three_variants():
     clean, attacked = np.array([40.0, 60.0, 80.0]), np.array([50.0, 45.0, 80.0])
     defended_clean, defended_attacked = np.array([41.0, 58.0, 76.0]), np.array([43.0, 85.0, 77.0])
     mos, similar = np.array([30.0, 50.0, 70.0]), np.array([0.9, 0.8, np.nan])
+    psnr_attacked, psnr_clean = np.array([30.0, 20.0, 25.0]), np.array([40.0, 36.0, 1.0])
     scores = defense_scores.benchmark_scores(clean, attacked, defended_clean, defended_attacked, mos,
-                                             similar, np.array([30.0, 20.0, 25.0]), similar, np.array([40.0, 36.0, 1.0]), 100.0)
+                                             similar, psnr_attacked, similar, psnr_clean, 100.0)
     assert list(scores) == list(defense_scores.SCORES)
     expect = {
         "robust_rel_gain": (3 / (40 + 1e-6) + 25 / (60 + 1e-6) + 3 / (80 + 1e-6)) / 3,  # clean vs defended attacked
