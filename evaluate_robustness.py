@@ -12,8 +12,9 @@ HyperIQA). For every image and checkpoint: the views of the family's test protoc
 training script's test loader draws at its first epoch; DBCNN: the whole image), the clean scores
 and the l1 gradient norm (in the model's own input space, after its normalization), then every
 attack at every eps. An image's score is the mean over its views; attacked images are scored as
-saved (rounded to 8 bits), and with `--jpeg_quality Q` after JPEG re-compression. Printed and saved (`--out_dir`/robustness.csv and .json,
-the JSON with the per-image scores), one row per checkpoint x attack x eps:
+saved (rounded to 8 bits), and with `--defense NAME[:PARAM]` through that input defense. Printed and
+saved (`--out_dir`/robustness.csv and .json, the JSON with the per-image scores), one row per
+checkpoint x attack x eps:
 
 - clean_srocc, clean_plcc / attacked_srocc, attacked_plcc: clean / attacked predictions vs MOS;
 - srocc, plcc, krocc, rmse, mae, R: attacked vs clean predictions (R: metrics.robustness_r over the
@@ -31,14 +32,17 @@ Pictures (unless `--no_plot`): robustness_vs_eps.png (SROCC and mean |score chan
 line per checkpoint x attack) and score_shift.png (histograms of the per-image score changes at the
 largest eps, one panel per checkpoint).
 
-With `--jpeg_quality`, the defense sees every input: clean patches are re-compressed too and the clean
-columns are their scores, so R measures the attack, not the compression.
+With `--defense` (defense_evaluation.py; `--jpeg_quality Q` is `--defense jpeg:Q`), the defense sees
+every input: clean views go through it too and the clean columns are their scores, so R measures the
+attack, not the defense; the attacks are made against the bare model, or through the defense with
+`--adaptive`; defense_scores.csv holds the defense benchmark's scores. `--certify`: median-smoothing
+certified score intervals of every checkpoint (certified.csv, certified_images.csv).
 
 Beside these, the MSU metrics robustness benchmark's scores (msu_scores.py) in benchmark_scores.csv
 and its per-image CSV, benchmark_images.csv (msu_benchmark.py). `--attack_on image` attacks the
-image itself, scored through its test views (protocol.py), instead of each patch on its own;
-`--direction up` raises every predicted quality; `--preset msu` runs the benchmark's attacks with
-its settings, whole images, upwards, scored unrounded (`--unrounded`).
+image itself, scored through its test views (protocol.py), instead of each patch on its own (a
+defense then sees the whole image); `--direction up` raises every predicted quality; `--preset msu`
+runs the benchmark's attacks with its settings, whole images, upwards, scored unrounded (`--unrounded`).
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ import torch
 
 import attacks
 import cli
+import defense_evaluation
 import distributed
 import folders
 import metrics
@@ -72,7 +77,7 @@ from protocol import protocol_model
 from splits import round_split
 
 FOLDER = "folder"  # --dataset value for a plain folder of images without MOS
-COLUMNS = ("model", "attack", "eps", "alpha", "steps", "jpeg_quality", "images", "clean_srocc", "clean_plcc",
+COLUMNS = ("model", "attack", "eps", "alpha", "steps", "defense", "adaptive", "images", "clean_srocc", "clean_plcc",
            "attacked_srocc", "attacked_plcc", "srocc", "plcc", "krocc", "rmse", "mae", "R", "grad_norm")
 SUMMARY_COLUMNS = ("model", "attack", "eps_max", "eps_count", "images", "grad_norm", "mae_at_eps_max",
                    "srocc_at_eps_max", "integral_srocc", "integral_stability")
@@ -131,8 +136,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "data set's, 0 100 for LIVEC and for a folder, or the family's own scale)")
     parser.add_argument("--score_middle", type=float, default=None,
                         help="scores above this are attacked downwards, others upwards (default: middle of the range)")
-    parser.add_argument("--jpeg_quality", type=cli.positive_int, default=None,
-                        help="JPEG-recompress every image at this quality (1-95) before scoring (a defense)")
     parser.add_argument("--limit", type=cli.positive_int, default=None, help="use only the first N images")
     parser.add_argument("--out_dir", default=os.path.join("results", "robustness"),
                         help="folder for robustness.csv, robustness.json, summary.csv and the plots (overwritten)")
@@ -141,9 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cli.add_device_argument(parser)
     parser.add_argument("--seed", type=cli.nonnegative_int, default=seeding.DEFAULT_SEED,
                         help="seed of the split, the patches and the PGD starts")
+    defense_evaluation.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 95:
-        parser.error(f"argument --jpeg_quality: must be between 1 and 95, got {args.jpeg_quality}")
+    defense_evaluation.check_arguments(args, parser)
     if len(set(args.eps)) != len(args.eps):
         parser.error(f"argument --eps: each value once, got {' '.join(map(str, args.eps))}")
     if args.score_range is not None and not args.score_range[0] < args.score_range[1]:
@@ -303,13 +306,11 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
     settings = msu_benchmark.attack_plan(args)  # (attack, eps, step size, steps)
     uaps = msu_benchmark.prepare_uaps(args, nets, settings, processes.is_main)
 
-    def defended(pixels: torch.Tensor) -> torch.Tensor:  # what the model is shown: JPEG-recompressed or not
-        return attacks.jpeg_recompress(pixels, args.jpeg_quality) if args.jpeg_quality else pixels
-
     clean = torch.zeros((len(nets), len(samples)), dtype=torch.float64)
     norms = torch.zeros_like(clean)
     attacked = torch.zeros((len(nets), len(settings), len(samples)), dtype=torch.float64)
     similarities = torch.zeros((*attacked.shape, len(msu_benchmark.SIMILARITY)), dtype=torch.float64)
+    extra = defense_evaluation.Records(args, len(nets), len(settings), len(samples))  # --defense, --certify
     mine = list(range(processes.rank, len(samples), processes.world_size))
     if processes.is_main:
         views = ", ".join(dict.fromkeys(net.views.views.describe() for net in nets))
@@ -321,30 +322,31 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
         for k, net in enumerate(nets):
             pixels = net.views.patches_of(index, epoch=0).to(device).float().div_(255.0)
             scores, grad_norms = attacks.scores_and_gradient_norms(net.model, pixels, args.chunk_size)
-            if args.jpeg_quality:
-                scores = attacks.score_patches(net.model, defended(pixels), args.chunk_size)
-            clean[k, index], norms[k, index] = scores.mean().item(), grad_norms.mean().item()
-            target, model = pixels, net.model  # what is attacked, and the model that scores it
+            norms[k, index] = grad_norms.mean().item()
+            target, model = pixels, net.model  # what is attacked (and defended), and the model that scores it
             if args.attack_on == "image":  # the image itself, scored through the same views
                 target = net.views.decoded_image(index).to(device).float().div_(255.0)[None]
                 model = protocol_model(net.model, net.views.views, net.views.crop_boxes(index, 0), args.chunk_size)
+            clean[k, index] = extra.clean(k, index, model, target, scores.mean().item(), args.chunk_size)
+            extra.certify(k, index, net.model, pixels, args.chunk_size)
             low, high = net.score_range
             for a, (attack, eps, alpha, steps) in enumerate(settings):
-                result = attacks.run_attack(attack, model, target, eps, alpha, steps, net.middle,
-                                            seeding.seeded_generator(args.seed, seeding.ATTACK_START, index),
+                result = attacks.run_attack(attack, extra.attack_target(model, index), target, eps, alpha, steps,
+                                            net.middle, seeding.seeded_generator(args.seed, seeding.ATTACK_START, index),
                                             args.chunk_size, restarts=args.restarts, score_width=high - low, uap=uaps[k])
                 shown = result.adversarial if args.unrounded else attacks.quantize_8bit(result.adversarial)
-                attacked[k, a, index] = attacks.score_patches(model, defended(shown), args.chunk_size).mean().item()
+                score = attacks.score_patches(model, shown, args.chunk_size).mean().item()
+                attacked[k, a, index] = extra.attacked(k, a, index, model, shown, target, score, args.chunk_size)
                 similarities[k, a, index] = torch.tensor(msu_benchmark.similarity(target, shown))
         if processes.is_main and (done % report_every == 0 or done == len(mine)):
             elapsed = time.monotonic() - started
             left = elapsed / done * (len(mine) - done)
             print(f"[{done}/{len(mine)}] {elapsed:.0f} s elapsed, about {left:.0f} s left",
                   file=sys.stderr, flush=True)
-    for scores in (clean, norms, attacked, similarities):  # each image was scored by one process, zeros elsewhere
-        distributed.all_sum(processes, scores)
+    for scores in (clean, norms, attacked, similarities, *extra.arrays.values()):  # each image was scored by one
+        distributed.all_sum(processes, scores)  # process, zeros elsewhere
     if processes.is_main:
-        report(args, samples, nets, settings, clean.numpy(), norms.numpy(), attacked.numpy())
+        report(args, samples, nets, settings, clean.numpy(), norms.numpy(), attacked.numpy(), extra)
         rows = msu_benchmark.write_benchmark_files(Path(args.out_dir), args, samples, [net.name for net in nets],
                                                    settings, clean.numpy(), attacked.numpy(), similarities.numpy())
         print("\nThe MSU benchmark's scores (msu_scores.py; gains: higher is a stronger attack):")
@@ -353,23 +355,28 @@ def evaluate(args: argparse.Namespace, processes: distributed.Processes) -> None
 
 def report(args: argparse.Namespace, samples: list[folders.Sample], nets: list[Evaluated],
            settings: list[tuple[str, float, float, int]], clean: np.ndarray, norms: np.ndarray,
-           attacked: np.ndarray) -> None:
+           attacked: np.ndarray, extra: defense_evaluation.Records) -> None:
     """Print the tables and write the files and plots: clean, norms (checkpoints, images), attacked
-    (checkpoints, settings, images)."""
+    (checkpoints, settings, images), extra (the defense's and the certificates')."""
     mos = np.array([sample.mos for sample in samples], dtype=np.float64)
     rows = []
     for k, net in enumerate(nets):
         for a, (attack, eps, alpha, steps) in enumerate(settings):
             rows.append(table_row(mos, clean[k], attacked[k, a], float(norms[k].mean()), net.score_range,
                                   model=net.name, attack=attack, eps=eps, alpha=alpha, steps=steps,
-                                  jpeg_quality=args.jpeg_quality))
+                                  defense=args.defense and str(args.defense), adaptive=args.adaptive))
     summary = summary_rows(rows, {net.name: net.score_range for net in nets})
     print(format_table(rows))
     print(f"\nIntegral robustness over eps {' '.join(f'{eps:g}' for eps in sorted({s[1] for s in settings}))} "
           "(1: the attack moved nothing; see metrics.integral_robustness):")
     print(format_table(summary, SUMMARY_COLUMNS))
+    tables = extra.tables([net.name for net in nets], [net.score_range for net in nets], [s.path for s in samples], mos,
+                          [(attack, eps) for attack, eps, _, _ in settings], clean, attacked)
+    for table in tables:
+        if table.title:
+            print(f"\n{table.title}:\n{format_table(table.rows, table.columns)}")
     out_dir = Path(args.out_dir)
-    save_results(out_dir, args, rows, summary, samples, nets, settings, clean, norms, attacked)
+    save_results(out_dir, args, rows, summary, samples, nets, settings, clean, norms, attacked, extra, tables)
     if not args.no_plot:
         draw_plots(out_dir, rows, [net.name for net in nets], settings, clean, attacked)
 
@@ -393,40 +400,49 @@ def draw_plots(out_dir: Path, rows: list[dict], names: list[str], settings: list
 
 def save_results(out_dir: Path, args: argparse.Namespace, rows: list[dict], summary: list[dict],
                  samples: list[folders.Sample], nets: list[Evaluated], settings: list[tuple[str, float, float, int]],
-                 clean: np.ndarray, norms: np.ndarray, attacked: np.ndarray) -> None:
-    """robustness.csv (the table), summary.csv (the integral scores) and robustness.json (settings,
-    table, summary, per-image scores) in `out_dir`."""
-    def finite(value):  # JSON has no NaN
-        return None if isinstance(value, float) and math.isnan(value) else value
+                 clean: np.ndarray, norms: np.ndarray, attacked: np.ndarray, extra: defense_evaluation.Records,
+                 tables: list[defense_evaluation.Table]) -> None:
+    """robustness.csv (the table), summary.csv (the integral scores), the tables of the defense and the
+    certificates (`tables`) and robustness.json (settings, tables, per-image scores) in `out_dir`."""
+    def finite(value):  # JSON has no NaN or infinity: null
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    def per_setting(scores: np.ndarray) -> dict[str, list]:  # (settings, images) -> per setting, per image
+        return {f"{attack} eps={eps}": [finite(v) for v in scores[a].tolist()]
+                for a, (attack, eps, _, _) in enumerate(settings)}
 
     names = [net.name for net in nets]
-
+    tables = [defense_evaluation.Table("robustness.csv", "", rows, COLUMNS),
+              defense_evaluation.Table("summary.csv", "", summary, SUMMARY_COLUMNS), *tables]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, table, columns in (("robustness.csv", rows, COLUMNS), ("summary.csv", summary, SUMMARY_COLUMNS)):
-        with open(out_dir / name, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({c: ("" if finite(row[c]) is None else row[c]) for c in columns} for row in table)
+    for table in tables:
+        with open(out_dir / table.file, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=table.columns)
+            writer.writeheader()  # NaN (undefined): an empty cell
+            writer.writerows({c: ("" if isinstance(row[c], float) and math.isnan(row[c]) else row[c])
+                              for c in table.columns} for row in table.rows)
     report = {
         "settings": {"dataset": args.dataset, "dataset_path": args.dataset_path, "split": args.split,
                      "split_file": args.split_file, "round": args.round_index, "patch_num": args.patch_num,
-                     "seed": args.seed, "jpeg_quality": args.jpeg_quality, "square_queries": args.queries,
-                     "attack_on": args.attack_on, "direction": args.direction, "rounded": not args.unrounded,
-                     "preset": args.preset,
+                     "seed": args.seed, "defense": args.defense and str(args.defense), "adaptive": args.adaptive,
+                     "eot": args.eot, "certify": args.certify and {"sigma": args.smoothing_sigma, "samples": args.samples,
+                                                                  "radii": args.certify_eps, "confidence": args.confidence},
+                     "square_queries": args.queries, "attack_on": args.attack_on, "direction": args.direction,
+                     "rounded": not args.unrounded, "preset": args.preset,
                      "pgd_restarts": args.restarts, "checkpoints": dict(zip(names, args.checkpoint)),
                      "models": {net.name: {"family": net.model.family, "views": net.views.views.describe(),
                                            "score_range": list(net.score_range), "score_middle": net.middle}
                                 for net in nets}},
-        "table": [{c: finite(row[c]) for c in COLUMNS} for row in rows],
-        "summary": [{c: finite(row[c]) for c in SUMMARY_COLUMNS} for row in summary],
+        **{("table" if table.file == "robustness.csv" else Path(table.file).stem):
+           [{c: finite(row[c]) for c in table.columns} for row in table.rows] for table in tables},
         "images": [{"path": s.path, "mos": finite(float(s.mos))} for s in samples],
-        "scores": {name: {"clean": clean[k].tolist(), "grad_norm": norms[k].tolist(),
-                          "attacked": {f"{attack} eps={eps}": attacked[k, a].tolist()
-                                       for a, (attack, eps, _, _) in enumerate(settings)}}
+        "scores": {name: {"clean": clean[k].tolist(), "grad_norm": norms[k].tolist(), "attacked": per_setting(attacked[k]),
+                          **{kind: (per_setting(array) if array.ndim == 2 else [finite(v) for v in array.tolist()])
+                             for kind, array in extra.per_image(k).items()}}
                    for k, name in enumerate(names)},
     }
     (out_dir / "robustness.json").write_text(json.dumps(report, indent=2))
-    print(f"Saved {out_dir / 'robustness.csv'}, {out_dir / 'summary.csv'} and {out_dir / 'robustness.json'}")
+    print(f"Saved {', '.join(str(out_dir / table.file) for table in tables)} and {out_dir / 'robustness.json'}")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,14 @@ TEST_PATCHES = 4  # crop positions of a test image: (TEST_PATCHES, round, epoch,
 ATTACK_START = 5  # random starts and draws of an attack on an image: (ATTACK_START, image)
 ADVERSARIAL_TRAINING = 6  # random starts of the attacks made during training: (ADVERSARIAL_TRAINING, round, epoch, step)
 UAP_TRAINING = 7  # batches and crop boxes of a universal perturbation's training: (UAP_TRAINING,)
+DEFENSE_DRAWS = 8  # draws of a random input defense on an image: (DEFENSE_DRAWS, image, use), see DEFENDED_IMAGES
+SMOOTHING_NOISE = 9  # the Gaussian noise of median smoothing on an image: (SMOOTHING_NOISE, image)
 STREAMS = {"split": SPLIT, "train_order": TRAIN_ORDER, "train_patches": TRAIN_PATCHES, "train_shuffle": TRAIN_SHUFFLE,
-           "test_patches": TEST_PATCHES, "attack_start": ATTACK_START, "adversarial_training": ADVERSARIAL_TRAINING, "uap_training": UAP_TRAINING}
+           "test_patches": TEST_PATCHES, "attack_start": ATTACK_START, "adversarial_training": ADVERSARIAL_TRAINING,
+           "uap_training": UAP_TRAINING, "defense_draws": DEFENSE_DRAWS, "smoothing_noise": SMOOTHING_NOISE}
+# The `use` key of DEFENSE_DRAWS: the images that are scored (the clean image and every attacked version
+# of it meet the same draws, as in the defense benchmark) or the forwards of an adaptive attack.
+DEFENDED_IMAGES, ADAPTIVE_ATTACK = 0, 1
 
 
 def seed_everything(seed: int = DEFAULT_SEED) -> None:

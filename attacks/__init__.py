@@ -13,7 +13,7 @@ kind of attack, one registry here:
   (korhonen: Adam masked by spatial activity, no eps bound) and attacks/uap.py (uap: a universal
   perturbation trained once per model, added at amplitude eps / 0.1, not clipped to [0, 1]);
 - attacks/base.py: the result type, the direction rule, chunking, scoring, gradient norms, rounding
-  to 8 bits and JPEG re-compression.
+  to 8 bits (the input defenses, JPEG re-compression among them, are in defenses.py).
 
 `run_attack(name, ...)` runs any of ATTACKS; `attack_settings` gives each one's default step size and
 number of steps at an eps.
@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 
 from attacks.base import (CPU_CHUNK_SIZE, CUDA_CHUNK_SIZE, DEFAULT_EPS, DEFAULT_SCORE_MIDDLE, LOWER, RAISE,  # noqa: F401
-                          AttackResult, attack_direction, default_chunk_size, jpeg_recompress, quantize_8bit,
+                          AttackResult, attack_direction, default_chunk_size, quantize_8bit,
                           score_patches, scores_and_gradient_norms)
 from attacks.gradient import (DEFAULT_ALPHA, DEFAULT_STEPS, MIFGSM_MOMENTUM, MIFGSM_STEPS, PGD_STEP_FRACTION,  # noqa: F401
                               PGD_STEPS, fgsm, iterative_fgsm, mifgsm, mifgsm_step_size, pgd, pgd_step_size)

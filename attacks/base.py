@@ -1,5 +1,6 @@
 """What every attack shares: its result, the direction rule, eval mode, chunking, and the scoring of
-pixel images: scores, input-gradient norms, 8-bit rounding and JPEG re-compression.
+pixel images: scores, input-gradient norms and 8-bit rounding (the defenses, JPEG re-compression
+among them, are in defenses.py).
 
 A model here is a quality model (families.base.QualityModel): pixels in [0, 1] (B, 3, H, W) ->
 scores (B,), the family's normalization inside. Functions never modify their input; the model is
@@ -11,14 +12,11 @@ picks the chunk by device (`default_chunk_size`).
 from __future__ import annotations
 
 import contextlib
-import io
 from typing import Iterator, NamedTuple
 
 import torch
-from PIL import Image
 
 from families.base import QualityModel
-from images import image_to_tensor, tensor_to_image
 
 DEFAULT_SCORE_MIDDLE = 50.0  # middle of LIVEC's 0-100 MOS range: the released direction threshold
 DEFAULT_EPS = 0.03  # l_inf radius in [0, 1] pixel units (about 8 / 255), the released default
@@ -112,18 +110,3 @@ def quantize_8bit(pixels: torch.Tensor) -> torch.Tensor:
     """Round pixel images in [0, 1] to the nearest of the 256 levels an 8-bit file stores (same shape)."""
     return torch.round(pixels.clamp(0.0, 1.0) * 255.0) / 255.0
 
-
-def jpeg_recompress(pixels: torch.Tensor, quality: int) -> torch.Tensor:
-    """Each pixel image (B, 3, H, W) in [0, 1] encoded as a JPEG of `quality` (1-95) and decoded again:
-    the JPEG defense of the NT authors' follow-up work. Returns (B, 3, H, W) in [0, 1]."""
-    if not 1 <= quality <= 95:
-        raise ValueError(f"JPEG quality must be between 1 and 95, got {quality}")
-    check_pixels(pixels)
-    decoded = []
-    for image in pixels.detach().cpu():
-        buffer = io.BytesIO()
-        tensor_to_image(image).save(buffer, format="JPEG", quality=quality)
-        buffer.seek(0)
-        with Image.open(buffer) as jpeg:
-            decoded.append(image_to_tensor(jpeg.convert("RGB")))
-    return torch.stack(decoded).to(pixels.device)

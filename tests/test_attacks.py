@@ -439,15 +439,6 @@ def test_quantize_8bit_gives_the_levels_of_a_saved_file():
     assert attacks.quantize_8bit(x).mul(255).tolist() == pytest.approx([0, 0, 1, 255, 255])
 
 
-def test_jpeg_recompression_keeps_shape_and_range_and_costs_detail(pixels):
-    low = attacks.jpeg_recompress(pixels, 10)
-    high = attacks.jpeg_recompress(pixels, 95)
-    assert low.shape == pixels.shape and 0 <= low.min() and low.max() <= 1
-    assert (high - pixels).abs().mean() < (low - pixels).abs().mean()
-    with pytest.raises(ValueError, match="between 1 and 95"):
-        attacks.jpeg_recompress(pixels, 0)
-
-
 # ---------------------------------------------------------------------------------------------
 # The released numbers, with recipe checkpoints in both release forms (see tests/conftest.py)
 
