@@ -388,6 +388,7 @@ def test_training_on_images_smaller_than_the_released_crop_stops_in_one_line_wri
 def test_an_unknown_model_is_refused_with_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         train_test_IQA_sparsity.parse_args(["--model", "dbcnn2"])
-    assert "argument --model: invalid choice: 'dbcnn2' (choose from 'hyperiqa', 'dbcnn')" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown model family 'dbcnn2'; valid: hyperiqa, dbcnn"):
+    assert ("argument --model: invalid choice: 'dbcnn2' (choose from 'hyperiqa', 'dbcnn', 'linearityiqa', 'maniqa')"
+            in capsys.readouterr().err)
+    with pytest.raises(ValueError, match="unknown model family 'dbcnn2'; valid: hyperiqa, dbcnn, linearityiqa, maniqa"):
         models.get_family("dbcnn2")
