@@ -28,7 +28,7 @@ One training step with `--adv_train fgsm|pgd` (`adversarial_batch`), for any fam
    `label_range`), or the ends of the nominal scale ('nominal'). On DMOS scales the correction is
    added: a damaged image is worse.
 4. The batch keeps its B patches: the K adversarial ones stand in place of their clean versions,
-   the other B - K stay clean. The training loss (HyperIQASolver.training_loss) is the L1 loss on
+   the other B - K stay clean. The training loss (training_step.training_loss) is the L1 loss on
    this mixed batch; with `--if_grad`, NT's penalty is also taken on the mixed batch, at the points
    the model trains on. (Chistyakova et al. append an adversarial copy of every patch, a batch of
    2B; keeping B patches gives every step as many patches as the baseline's and NT's.)

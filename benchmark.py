@@ -16,7 +16,7 @@ side running its released loss in the released three-pass NT:
 
 | job | ours | released |
 |---|---|---|
-| training step, baseline | `HyperIQASolver.train_step`: channels_last model (CPU), the released Adam (default `--schedule released`) | NCHW model, the released Adam |
+| training step, baseline | `training_step.train_step`: channels_last model (CPU), the released Adam (default `--schedule released`) | NCHW model, the released Adam |
 | training step, NT | the same, `nt_loss`: one clean forward serves the L1 loss and the penalty | NCHW, three forward passes (`released_three_pass_nt_loss`) |
 | NT, same setup | the same | three passes with our model placement: the gain of the shared forward alone |
 | training step, NT exact | the same, `nt_loss(mode='exact')` (double backpropagation) | as for NT |
@@ -65,7 +65,7 @@ import models
 from data_loader import DEFAULT_NUM_WORKERS, make_train_loader
 from families.base import BuildOptions
 from folders import Sample
-from HyperIQASolver import Crafting, train_step
+from training_step import Crafting, train_step
 from images import load_image
 from measurement import (SIDES, Call, Job, cpu_peaks_in_fresh_processes, describe_device, measure, probe_peak_mib,
                          run_json, synchronizer, table)
@@ -167,7 +167,7 @@ class Workbench:
         return write_livec_like_folder(self.workdir / "livec_like", self.args.images)
 
     def solver_step(self, **settings) -> Call:
-        """Our training step (`HyperIQASolver.train_step`) of `--model` under the TrainConfig `settings`
+        """Our training step (`training_step.train_step`) of `--model` under the TrainConfig `settings`
         (e.g. if_grad=True, adv_train='fgsm') on a fresh network (backbone from scratch) and the
         optimizer of its family's first stage, built as training builds them."""
         torch.manual_seed(0)

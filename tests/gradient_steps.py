@@ -12,7 +12,7 @@ import torch
 
 import distributed
 import folders
-import HyperIQASolver
+import training_step
 import models
 from adversarial_training import label_range, share_crafting
 from data_loader import make_train_loader
@@ -35,7 +35,7 @@ def gradients_of_each_step(processes: distributed.Processes, samples: Sequence[f
                            counts: Sequence[int], name: str) -> list[list[torch.Tensor]]:
     """For the first `count` samples of each of `counts` (a training set each), one step of the
     `name` config (STEP_CONFIGS) on every global batch of epoch 0, this process taking its share
-    (HyperIQASolver.share_step, adversarial views by adversarial_training.share_crafting): the averaged
+    (training_step.share_step, adversarial views by adversarial_training.share_crafting): the averaged
     parameter gradients of every step."""
     config = step_config(name, batch_size)
     family = models.get_family("hyperiqa")
@@ -52,8 +52,8 @@ def gradients_of_each_step(processes: distributed.Processes, samples: Sequence[f
             length, crafting = loader.global_batch_length(step), None
             if config.adv_train != "none":
                 share = share_crafting(config, (0, 0, step), length, processes.rank, processes.world_size)
-                crafting = HyperIQASolver.Crafting(quality, share.generators, share.views, labels)
-            HyperIQASolver.share_step(model, family, optimizer, images.double(), mos.double(), index, length,
+                crafting = training_step.Crafting(quality, share.generators, share.views, labels)
+            training_step.share_step(model, family, optimizer, images.double(), mos.double(), index, length,
                                       processes.world_size, config, crafting=crafting)
             steps.append([p.grad.clone() for p in network.parameters()])
     return steps

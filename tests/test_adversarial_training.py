@@ -20,7 +20,8 @@ import models
 import train_test_IQA_sparsity
 from adversarial_training import (adversarial_batch, adversarial_count, adversarial_positions, attack_middle,
                                   corrected_labels, label_range, share_crafting)
-from HyperIQASolver import HyperIQASolver, StopRequest, load_training_state, round_loaders, train_step
+from HyperIQASolver import HyperIQASolver, StopRequest, load_training_state, round_loaders
+from training_step import train_step
 from schedule import build_optimizer
 from nt_regularizer import nt_loss
 from splits import split_samples

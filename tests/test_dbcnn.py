@@ -25,7 +25,7 @@ import quality_and_norm_demo
 import train_test_IQA_sparsity
 from families import dbcnn
 from families.base import BuildOptions
-from HyperIQASolver import train_step
+from training_step import train_step
 from nt_regularizer import finite_difference_penalty, nt_loss
 from released_reference import released_three_pass_nt_loss
 from train_config import TrainConfig

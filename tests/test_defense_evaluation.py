@@ -17,7 +17,7 @@ import models
 from defenses import parse_defense, quantize_colors
 from tests.stand_in import stand_in_quality_model
 from tests.test_evaluate_robustness import make_csv_dataset
-from tests.test_reliability import error_line, run_main
+from tests.test_reliability import run_main
 
 
 def read_csv(path: Path) -> list[dict]:

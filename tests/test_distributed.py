@@ -12,7 +12,7 @@ import data_loader
 import checkpoints
 import distributed
 import folders
-import HyperIQASolver
+import training_step
 import models
 from tests import fake_datasets, gradient_steps
 from tests.interrupt import interrupt_when
@@ -141,8 +141,8 @@ def test_batches_of_several_processes_deal_every_entry_once():
     assert [entries for entries, _ in shares] == [batch[0:3], batch[3:5], batch[5:7]]
     assert data_loader.share_of(batch[:1], 1, 2) == (batch[:1], True)  # a placeholder, weighted 0
     index = torch.tensor([-1])
-    assert HyperIQASolver.loss_share(index, 1, 2) == 0.0
-    assert HyperIQASolver.loss_share(torch.tensor([3, 4]), 3, 2) == pytest.approx(4 / 3)
+    assert training_step.loss_share(index, 1, 2) == 0.0
+    assert training_step.loss_share(torch.tensor([3, 4]), 3, 2) == pytest.approx(4 / 3)
     with pytest.raises(ValueError, match="--batch_size 6 is the batch over all 4 processes"):
         data_loader.ViewLoader([], "csv", models.get_family("hyperiqa").views("csv", True, 1), 6, train=True,
                                world_size=4)
@@ -183,7 +183,7 @@ def test_a_placeholder_stays_out_of_batchnorms_batch_and_running_statistics(laye
 
     def step(index: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         before = (norm.running_mean.clone(), norm.running_var.clone())
-        loss, _ = HyperIQASolver.share_step(network, family, optimizer, pixels, mos, torch.tensor([index]), 2, 2,
+        loss, _ = training_step.share_step(network, family, optimizer, pixels, mos, torch.tensor([index]), 2, 2,
                                             config)
         moved = [not torch.equal(a, b) for a, b in zip(before, (norm.running_mean, norm.running_var))]
         return loss, moved, [p.grad for p in network.parameters()]

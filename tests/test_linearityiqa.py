@@ -23,7 +23,8 @@ from data_loader import make_test_loader, make_train_loader
 from families import linearityiqa
 from folders import Sample
 import HyperIQASolver
-from HyperIQASolver import HyperIQASolver as Solver, round_loaders, train_step
+from HyperIQASolver import HyperIQASolver as Solver, round_loaders
+from training_step import train_step
 from norm_in_norm import monotonicity, norm_in_norm
 from released_reference import released_three_pass_nt_loss
 from tests import fake_datasets, recipe

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import HyperIQASolver
+import training_step
 import models
 import train_test_IQA_sparsity
 from checkpoints import load_state_strictly, read_checkpoint
@@ -232,7 +233,7 @@ def test_nt_step_parameter_gradients_equal_the_three_pass_form_with_dropout_off(
     mos = torch.tensor([0.2, 0.7], dtype=torch.float64)
     config = TrainConfig(model="maniqa", if_grad=True, weight=0.5, h=0.01)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
-    HyperIQASolver.train_step(network, FAMILY, optimizer, pixels, mos, config)
+    training_step.train_step(network, FAMILY, optimizer, pixels, mos, config)
     ours = parameter_gradients(network)
     network.zero_grad(set_to_none=True)
     released = released_three_pass_nt_loss(network, FAMILY.normalization(pixels), mos, 0.5, 0.01, FAMILY.released_loss)

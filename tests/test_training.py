@@ -16,7 +16,8 @@ import torch.nn.functional as F
 import checkpoints
 import folders
 import models
-from HyperIQASolver import HyperIQASolver, TrainingDiverged, load_training_state, round_loaders, train_step
+from HyperIQASolver import HyperIQASolver, TrainingDiverged, load_training_state, round_loaders
+from training_step import train_step
 from schedule import build_optimizer, hyper_network_lr, parameter_groups
 from nt_regularizer import nt_loss
 from splits import split_samples
