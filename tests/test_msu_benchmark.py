@@ -14,6 +14,7 @@ import attacks
 import evaluate_robustness
 import models
 import msu_scores
+from attacks.uap import UAP_LR, UAP_SIZE, UAP_START
 from protocol import protocol_model
 from tests.stand_in import StandInScoreModel, stand_in_quality_model
 from tests.test_evaluate_robustness import make_csv_dataset
@@ -272,6 +273,28 @@ def test_a_uap_raises_held_out_scores_and_round_trips_through_its_file(tmp_path)
         attacks.load_uap(tmp_path / "bad.npy")
     with pytest.raises(ValueError, match="needs a trained perturbation"):
         attacks.run_attack("uap", model, held_out, 0.08, 0.8, 1)
+
+
+def test_uap_training_scores_the_clipped_images_and_trains_the_perturbation_as_if_unclipped():
+    # The benchmark clips image + perturbation to [0, 1] for the forward only: a white pixel is scored
+    # at 1, while its element of the perturbation gets the gradient of an unclipped one.
+    image = torch.full((3, UAP_SIZE, UAP_SIZE), 0.5)
+    image[:, :128] = 1.0  # white: the perturbation's first step (+) is clipped away
+    image[:, 128:, :64] = 0.0
+    seen = []
+
+    def score(batch):  # the mean pixel, times 100: the same gradient for every element of the perturbation
+        seen.append(batch.detach().clone())
+        return 100 * batch.mean(dim=(1, 2, 3))
+    uap = attacks.train_uap(score, image.expand(4, -1, -1, -1), epochs=3, batch_size=4,
+                            generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 3
+    assert torch.equal(seen[0], (image + UAP_START).clamp(0, 1).expand(4, -1, -1, -1))
+    for batch in seen:
+        assert batch.min() >= 0 and batch.max() <= 1
+        assert torch.equal(batch[:, :, :128], torch.ones_like(batch[:, :, :128]))
+    assert torch.equal(uap, uap[0, 0, 0].expand_as(uap))  # white pixels' elements moved as much as the others
+    assert uap[0, 0, 0] > UAP_START + 2 * UAP_LR  # three Adam steps up, about lr each
 
 
 def test_the_preset_writes_the_benchmark_scores_and_images(tmp_path, capsys, monkeypatch):
