@@ -64,7 +64,7 @@ train baseline
 train NT --if_grad --weight "$NT_WEIGHT" --h "$NT_H"
 
 checkpoint() {  # checkpoint <if_grad 0|1>: the path the training script saved to
-    "$PY" -c 'import sys, models; print(models.checkpoint_name("synthetic", int(sys.argv[1]), bool(int(sys.argv[2])), float(sys.argv[3]), float(sys.argv[4])))' \
+    "$PY" -c 'import sys, checkpoints; print(checkpoints.checkpoint_name("synthetic", int(sys.argv[1]), bool(int(sys.argv[2])), float(sys.argv[3]), float(sys.argv[4])))' \
         "$BATCH_SIZE" "$1" "$NT_WEIGHT" "$NT_H"
 }
 BASELINE_CKPT="$OUT/checkpoints/$(checkpoint 0)"
