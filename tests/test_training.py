@@ -171,7 +171,10 @@ def test_ctrl_c_saves_a_state_and_resume_gives_the_uninterrupted_results(tmp_pat
     assert "resumable state saved" in stderr and "Traceback" not in stderr
     name = checkpoints.checkpoint_name("csv", 2, False).replace(".pth", ".resume.pth")
     progress = torch.load(tmp_path / "cut" / name, weights_only=True)["progress"]
-    assert (progress["epoch"], progress["step"]) == (0, 2)  # stopped at the end of the step in progress
+    # stopped at a step boundary: the steps done are those whose progress line was printed (the Ctrl-C
+    # lands in step 2's forward, or on a loaded machine before it; a step begun is finished, none is lost)
+    done = [line for line in stderr.splitlines() if line.startswith("epoch 1, step ")]
+    assert progress["epoch"] == 0 and progress["step"] == len(done) and progress["step"] in (1, 2)
 
     resumed = run("--checkpoint_dir", tmp_path / "cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr
