@@ -176,7 +176,7 @@ class Workbench:
         optimizer = self.optimizer(model, config)
         pixels, mos = self.batch
         generator = torch.Generator()  # PGD's random start under adversarial training
-        family = self.family.configured(config.options)
+        family = self.family
         return lambda: train_step(model, family, optimizer, pixels, mos, config,
                                   crafting=Crafting(family.quality_model(model), generator.manual_seed(0)))
 

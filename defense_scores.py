@@ -61,10 +61,7 @@ def absolute_gain(reference: np.ndarray, other: np.ndarray, score_range: float) 
 def srocc(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation of two score lists (metrics.srocc); NaN with fewer than 2 images, a
     constant list or a NaN (no MOS)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return math.nan
-    return metrics.srocc(a, b)
+    return metrics.defined_or_nan(metrics.srocc, np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
 
 
 def similarity(ssim: np.ndarray, psnr: np.ndarray) -> float:

@@ -54,7 +54,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -194,22 +194,16 @@ def shared_validation_shares(args: argparse.Namespace, loaded: list[QualityModel
     return next(iter(shares.values()), None)
 
 
-def _metric_or_nan(metric: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray) -> float:
-    """metric(a, b), or NaN when it is undefined: fewer than 2 images, or no MOS."""
-    if len(a) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return math.nan
-    return metric(a, b)
-
-
 def table_row(mos: np.ndarray, clean: np.ndarray, attacked: np.ndarray, grad_norm: float,
               score_range: tuple[float, float], **setting) -> dict:
     """One row of the table (see COLUMNS) from per-image MOS, clean and attacked predictions (N,)."""
     row = dict(setting, images=len(clean),
-               clean_srocc=_metric_or_nan(metrics.srocc, clean, mos), clean_plcc=_metric_or_nan(metrics.plcc, clean, mos),
-               attacked_srocc=_metric_or_nan(metrics.srocc, attacked, mos),
-               attacked_plcc=_metric_or_nan(metrics.plcc, attacked, mos))
+               clean_srocc=metrics.defined_or_nan(metrics.srocc, clean, mos),
+               clean_plcc=metrics.defined_or_nan(metrics.plcc, clean, mos),
+               attacked_srocc=metrics.defined_or_nan(metrics.srocc, attacked, mos),
+               attacked_plcc=metrics.defined_or_nan(metrics.plcc, attacked, mos))
     for name in ("srocc", "plcc", "krocc"):
-        row[name] = _metric_or_nan(metrics.AGREEMENT_METRICS[name], clean, attacked)
+        row[name] = metrics.defined_or_nan(metrics.AGREEMENT_METRICS[name], clean, attacked)
     row["rmse"], row["mae"] = metrics.rmse(clean, attacked), metrics.mae(clean, attacked)
     row["R"] = metrics.robustness_r(clean, attacked, *score_range)
     row["grad_norm"] = grad_norm

@@ -73,6 +73,14 @@ def krocc(a: ArrayLike, b: ArrayLike) -> float:
     return _correlation(stats.kendalltau, a, b)
 
 
+def defined_or_nan(metric, a: np.ndarray, b: np.ndarray) -> float:
+    """metric(a, b) of two score lists, or NaN when it is undefined: fewer than 2 values, or a NaN or
+    infinity among them (no MOS)."""
+    if len(a) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
+    return metric(a, b)
+
+
 def rmse(a: ArrayLike, b: ArrayLike) -> float:
     """Root mean squared difference, in score units."""
     a, b = _paired(a, b)
